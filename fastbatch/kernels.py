@@ -8,9 +8,33 @@ plain numpy slicing.
 
 from __future__ import annotations
 
+import threading
+
+import numba
 import numpy as np
 
 from fastbatch._jit import jit, prange
+
+# Numba's "workqueue" threading layer aborts the process when two threads
+# launch parallel kernels at once; "omp" and "tbb" are safe.  The layer is
+# only known after the first parallel launch, so launches are serialised
+# until then, and for good if it turns out to be workqueue.
+_launch_lock = threading.Lock()
+_layer_is_threadsafe = False
+
+
+def run_parallel(kernel, *args):
+    """Call a ``parallel=True`` kernel, serialised where Numba's threading layer needs it."""
+    global _layer_is_threadsafe
+    if _layer_is_threadsafe:
+        return kernel(*args)
+    with _launch_lock:
+        result = kernel(*args)
+        try:
+            _layer_is_threadsafe = numba.threading_layer() in ("omp", "tbb")
+        except ValueError:  # no parallel launch yet (FASTBATCH_DISABLE_JIT)
+            pass
+        return result
 
 # splitmix64 constants (Steele, Lea & Flood, 2014).  Every operand is uint64 so
 # that Numba never promotes the arithmetic to float64.
@@ -52,7 +76,7 @@ def shuffled_order(out, key):
 
 
 @jit(parallel=True)
-def gather_windows(data, ids, stride, dilation, window, horizon, target_columns, out_x, out_y):
+def gather_windows(data, ids, stride, dilation, window, horizon, target_columns, out_x, out_y, mean=None, std=None):
     """Copy windows ``ids`` of ``data`` into ``out_x`` and ``out_y``, casting on the way.
 
     For ``b`` in ``range(len(ids))`` with ``s = ids[b] * stride`` and
@@ -64,6 +88,11 @@ def gather_windows(data, ids, stride, dilation, window, horizon, target_columns,
     ``data`` is ``(N, F)`` with any strides; ``out_x`` is ``(n, window, F)``
     and ``out_y`` is ``(n, horizon, len(target_columns))``, both contiguous.
     The dtype conversion to the outputs' dtype happens in the same pass.
+
+    With per-feature ``mean`` and ``std`` (float64 arrays of length ``F``),
+    every value becomes ``(float64(v) - mean[f]) / std[f]`` before the cast:
+    the same IEEE operations as the device path, so both give equal bits.
+    Numba compiles the ``None`` case separately, with the branch removed.
     """
     n = ids.shape[0]
     n_features = data.shape[1]
@@ -73,8 +102,15 @@ def gather_windows(data, ids, stride, dilation, window, horizon, target_columns,
         for t in range(window):
             row = s + t * dilation
             for f in range(n_features):
-                out_x[b, t, f] = data[row, f]
+                if mean is None:
+                    out_x[b, t, f] = data[row, f]
+                else:
+                    out_x[b, t, f] = (np.float64(data[row, f]) - mean[f]) / std[f]
         e = s + (window - 1) * dilation + 1
         for h in range(horizon):
             for c in range(n_targets):
-                out_y[b, h, c] = data[e + h, target_columns[c]]
+                col = target_columns[c]
+                if mean is None:
+                    out_y[b, h, c] = data[e + h, col]
+                else:
+                    out_y[b, h, c] = (np.float64(data[e + h, col]) - mean[col]) / std[col]

@@ -1,64 +1,49 @@
-"""WindowLoader: batches of windows as torch tensors, gathered many at a time.
+"""WindowLoader: batches of windows as torch tensors, on the CPU or a CUDA device.
 
-Per batch, the loader does no Python work beyond handing out two tensor views:
-windows are gathered by one kernel call per *chunk* of batches (a few MiB),
-and the chunk is split into batches by ``torch.split``.  A chunk buffer is
-reused only once nothing outside the loader refers to it, so a batch the user
-keeps is never overwritten.
+One batch travels: epoch order -> gather kernel into a staging buffer ->
+(CUDA) asynchronous copy on a side stream -> the user's training step.
+Windows are gathered one *chunk* of batches per kernel call (about
+:data:`CHUNK_BYTES`), so small batches pay no kernel call and almost no Python
+each; a background thread keeps ``prefetch`` batches ready.  The protocol is
+NOTE [ Staging, streams and shutdown ] in docs/design.md.
 """
 
 from __future__ import annotations
 
 import secrets
-import sys
-from typing import Iterator
+import weakref
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from fastbatch._checks import check_bool, check_int, check_seed
+from fastbatch._checks import _show, check_bool, check_int, check_seed
+from fastbatch.device import PLACEMENTS, DeviceWindows, choose_placement, resolve_device
+from fastbatch.normalize import resolve_normalize
 from fastbatch.order import EpochOrder
-from fastbatch.windows import SlidingWindows
+from fastbatch.prefetch import Prefetcher
+from fastbatch.staging import HostPool, PinnedRing
+from fastbatch.windows import SlidingWindows, _resolve_dtype
 
-# About this many bytes of windows are gathered per kernel call: large enough
-# that the Python cost per call vanishes behind the copy for tiny batches,
-# small enough to stay in the L2/L3 cache of the consumer.  Chosen with
-# ``python -m bench.speed`` on the textbook and bandwidth settings.
+# Bytes of windows gathered per kernel call on the host path: large enough
+# that the Python cost of a call vanishes behind the copy for tiny batches,
+# small enough to stay in cache for the consumer.  Chosen with
+# ``python -m bench.speed`` (docs/performance.md).
 CHUNK_BYTES = 1 << 21
-# Chunk buffers kept for reuse; more are allocated while the user holds batches.
-POOL_SIZE = 3
+# The device-resident gather launches a few kernels per chunk; bigger chunks
+# amortise the launches.
+DEVICE_CHUNK_BYTES = 1 << 25
 
 
-class _ChunkPool:
-    """Gather buffers reused once no batch handed out still refers to them."""
+@dataclass
+class _Chunk:
+    """Batches gathered together; ``ready`` is the CUDA event their copy recorded."""
 
-    def __init__(self, windows: SlidingWindows, capacity: int) -> None:
-        self.windows = windows
-        self.capacity = capacity
-        self.free: list[tuple[np.ndarray, np.ndarray]] = []
-        self.allocations = 0
-
-    def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        w = self.windows
-        for k in range(len(self.free)):
-            # Two references mean free: the pool's tuple and getrefcount's
-            # argument.  A torch view handed out holds one more via its storage.
-            if (
-                self.free[k][0].shape[0] >= n
-                and sys.getrefcount(self.free[k][0]) == 2
-                and sys.getrefcount(self.free[k][1]) == 2
-            ):
-                return self.free[k]
-        pair = (
-            np.empty((n, w.window, w.n_features), dtype=w.dtype),
-            np.empty((n, w.horizon, w.n_targets), dtype=w.dtype),
-        )
-        if len(self.free) >= self.capacity:
-            # Every pooled buffer is still held by the user: forget the oldest.
-            self.free.pop(0)
-        self.free.append(pair)
-        self.allocations += 1
-        return pair
+    xs: tuple
+    ys: tuple
+    ready: Any = None
+    bases: tuple = ()
 
 
 class WindowLoader:
@@ -80,10 +65,31 @@ class WindowLoader:
         (see :attr:`seed`).
     drop_last:
         Drop the last batch when it is partial.
+    device:
+        Where batches are delivered: ``None``/``"cpu"`` (default), ``"cuda"``,
+        ``"cuda:N"`` or a ``torch.device``.
+    prefetch:
+        Batches prepared ahead by a background thread; ``0`` gathers in the
+        caller's thread when a batch is asked for.
+    dtype:
+        Batch dtype (numpy or torch dtype); default: ``windows.dtype``.  The
+        cast happens inside the gather; ``torch.bfloat16`` is gathered as
+        float32 and cast on the device after the copy.
+    normalize:
+        ``None`` (default), ``True`` (per-feature mean and std of the windows'
+        data, computed once here: build the windows over the training range) or
+        ``(mean, std)``.  Applied to inputs and targets in the gather pass.
+    placement:
+        With a CUDA device: ``"host"`` keeps the series in host memory and
+        copies each batch; ``"device"`` copies the series to the GPU once and
+        gathers there; ``"auto"`` (default) picks ``"device"`` when the series
+        takes at most ``fastbatch.device.DEVICE_RESIDENT_FRACTION`` of the free
+        GPU memory.
 
     Each ``iter(loader)`` runs epoch :attr:`epoch` and then advances it by one,
     so consecutive epochs are shuffled differently; :meth:`set_epoch` sets the
     epoch of the next iteration explicitly (as with ``DistributedSampler``).
+    A new ``iter()`` stops the previous iterator of the same loader.
     """
 
     def __init__(
@@ -94,6 +100,11 @@ class WindowLoader:
         shuffle: bool = False,
         seed: int | None = None,
         drop_last: bool = False,
+        device: Any = None,
+        prefetch: int = 2,
+        dtype: Any = None,
+        normalize: Any = None,
+        placement: str = "auto",
     ) -> None:
         if not isinstance(windows, SlidingWindows):
             raise TypeError(f"windows must be a fastbatch.SlidingWindows, got {type(windows).__name__}")
@@ -102,11 +113,26 @@ class WindowLoader:
         self.shuffle = check_bool("shuffle", shuffle)
         self.drop_last = check_bool("drop_last", drop_last)
         self.seed = secrets.randbits(63) if seed is None else check_seed(seed)
+        self.prefetch = check_int("prefetch", prefetch, minimum=0)
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {_show(placement)}")
+        self.device = resolve_device(device)
+        self.dtype, self._gather_dtype = _batch_dtypes(dtype, windows)
+        self._mean, self._std = resolve_normalize(normalize, windows.data, self._gather_dtype)
+        self.placement = choose_placement(placement, self.device, windows)
         self.epoch = 0
         n = len(windows)
         self.n_batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-        self._pool = _ChunkPool(windows, POOL_SIZE)
+        chunk_bytes = DEVICE_CHUNK_BYTES if self.placement == "device" else CHUNK_BYTES
+        self._chunk_batches = max(1, min(self.n_batches, chunk_bytes // max(1, self.batch_size * windows.window_nbytes)))
+        self._chunk_windows = min(self._chunk_batches * self.batch_size, max(1, n))
+        self._depth = max(1, -(-self.prefetch // self._chunk_batches))
+        self._staging: HostPool | PinnedRing | None = None
+        self._device_windows: DeviceWindows | None = None
+        self._copy_stream = None
+        self._active: weakref.ref | None = None
 
+    # -- public ---------------------------------------------------------------
     def __len__(self) -> int:
         """Batches per epoch (iterations per epoch)."""
         return self.n_batches
@@ -121,27 +147,174 @@ class WindowLoader:
         return min(len(self.windows), self.n_batches * self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        previous = self._active() if self._active is not None else None
+        if previous is not None:
+            previous.close(superseded=True)
         epoch = self.epoch
         self.epoch = epoch + 1
-        return self._batches(epoch)
-
-    def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        w, bs = self.windows, self.batch_size
-        total = self.n_samples
-        order = EpochOrder(len(w), shuffle=self.shuffle, seed=self.seed, epoch=epoch)
-        per_chunk = max(1, CHUNK_BYTES // max(1, bs * w.window_nbytes)) * bs
-        for start in range(0, total, per_chunk):
-            stop = min(start + per_chunk, total)
-            bx, by = self._pool.take(stop - start)
-            x, y = w.gather(order.ids(start, stop), bx[: stop - start], by[: stop - start])
-            xs = torch.from_numpy(x).split(bs)
-            ys = torch.from_numpy(y).split(bs)
-            del x, y, bx, by
-            yield from zip(xs, ys)
-            del xs, ys
+        it = _EpochIterator(self, epoch)
+        self._active = weakref.ref(it)
+        return it
 
     def __repr__(self) -> str:
         return (
             f"WindowLoader(n_batches={self.n_batches}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
-            f"seed={self.seed}, drop_last={self.drop_last}, epoch={self.epoch})"
+            f"seed={self.seed}, drop_last={self.drop_last}, device='{self.device}', prefetch={self.prefetch}, "
+            f"placement='{self.placement}', epoch={self.epoch})"
         )
+
+    # -- producer side ----------------------------------------------------------
+    def _spans(self, epoch: int) -> Iterator[np.ndarray]:
+        """Window ids of each chunk of the epoch."""
+        order = EpochOrder(len(self.windows), shuffle=self.shuffle, seed=self.seed, epoch=epoch)
+        total = self.n_samples
+        for start in range(0, total, self._chunk_windows):
+            yield order.ids(start, min(start + self._chunk_windows, total))
+
+    def _host_chunks(self, epoch: int) -> Iterator[_Chunk]:
+        w = self.windows
+        cuda = self.device.type == "cuda"
+        staging = self._host_staging()
+        for ids in self._spans(epoch):
+            n = ids.shape[0]
+            buf = staging.take(n)
+            w.gather(ids, buf.x[:n], buf.y[:n], mean=self._mean, std=self._std)
+            if cuda:
+                yield self._copy_to_device(buf, n)
+            else:
+                x = _as_batch(torch.from_numpy(buf.x[:n]), w.univariate, self.dtype)
+                y = _as_batch(torch.from_numpy(buf.y[:n]), w.univariate, self.dtype)
+                del buf
+                yield _Chunk(x.split(self.batch_size), y.split(self.batch_size))
+
+    def _copy_to_device(self, buf, n: int) -> _Chunk:
+        # The copy runs on the loader's side stream; the consumer's stream waits
+        # on `ready` before the batch is handed out, and the slot is rewritten
+        # only after `ready` (NOTE [ Staging, streams and shutdown ]).
+        w = self.windows
+        with torch.cuda.stream(self._copy_stream):
+            x = buf.pinned_x[:n].to(self.device, non_blocking=True)
+            y = buf.pinned_y[:n].to(self.device, non_blocking=True)
+            x = _as_batch(x, w.univariate, self.dtype)
+            y = _as_batch(y, w.univariate, self.dtype)
+            ready = torch.cuda.Event()
+            ready.record(self._copy_stream)
+        buf.event = ready
+        return _Chunk(x.split(self.batch_size), y.split(self.batch_size), ready, (x, y))
+
+    def _device_chunks(self, epoch: int) -> Iterator[_Chunk]:
+        dw = self._device_resident()
+        for ids in self._spans(epoch):
+            x, y = dw.gather(dw.ids_tensor(ids))
+            x, y = x.to(self.dtype), y.to(self.dtype)
+            yield _Chunk(x.split(self.batch_size), y.split(self.batch_size))
+
+    def _host_staging(self):
+        if self._staging is None:
+            w = self.windows
+            x_tail, y_tail = (w.window, w.n_features), (w.horizon, w.n_targets)
+            if self.device.type == "cuda":
+                self._copy_stream = torch.cuda.Stream(self.device)
+                self._staging = PinnedRing(x_tail, y_tail, self._gather_dtype, self._chunk_windows, self._depth + 2)
+            else:
+                self._staging = HostPool(x_tail, y_tail, self._gather_dtype, self._depth + 3)
+        return self._staging
+
+    def _device_resident(self) -> DeviceWindows:
+        if self._device_windows is None:
+            gather_dtype = torch.from_numpy(np.empty(0, self._gather_dtype)).dtype
+            self._device_windows = DeviceWindows(self.windows, self.device, gather_dtype, self._mean, self._std)
+        return self._device_windows
+
+    def _on_producer_start(self) -> None:
+        # The producer thread issues CUDA work for this loader's device only.
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+
+class _EpochIterator:
+    """The consumer side of one epoch: hands out the batches of each chunk in turn."""
+
+    def __init__(self, loader: WindowLoader, epoch: int) -> None:
+        self.epoch = epoch
+        self.position = 0
+        self._batches: Iterator = iter(())
+        self._closed = False
+        self._superseded = False
+        self._cuda = loader.device if loader.device.type == "cuda" else None
+        if loader.placement == "device":
+            self._chunks: Any = loader._device_chunks(epoch)
+        elif loader.prefetch == 0:
+            if self._cuda is not None:
+                loader._on_producer_start()
+            self._chunks = loader._host_chunks(epoch)
+        else:
+            self._chunks = Prefetcher(loader._host_chunks(epoch), loader._depth, on_start=loader._on_producer_start)
+
+    def __iter__(self) -> "_EpochIterator":
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            batch = self._next_chunk()
+        self.position += 1
+        return batch
+
+    def _next_chunk(self):
+        if self._closed:
+            if self._superseded:
+                raise RuntimeError(
+                    "this iterator was stopped by a newer iter() of the same WindowLoader: "
+                    "a loader runs one epoch at a time"
+                )
+            raise StopIteration
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            self.close()
+            raise
+        if chunk.ready is not None:
+            stream = torch.cuda.current_stream(self._cuda)
+            stream.wait_event(chunk.ready)
+            for base in chunk.bases:
+                # Allocated on the copy stream, used on the consumer's: keep the
+                # allocator from reusing the memory before that use is done.
+                base.record_stream(stream)
+        self._batches = zip(chunk.xs, chunk.ys)
+        return next(self._batches)
+
+    def close(self, superseded: bool = False) -> None:
+        """Stop producing; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._superseded = superseded
+        self._batches = iter(())
+        chunks, self._chunks = self._chunks, iter(())
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser
+            pass
+
+
+def _batch_dtypes(dtype: Any, windows: SlidingWindows) -> tuple[torch.dtype, np.dtype]:
+    """(dtype handed to the user, dtype the gather kernel writes)."""
+    if dtype is torch.bfloat16:
+        # numpy has no bfloat16: gather float32, cast after the copy.
+        return torch.bfloat16, np.dtype(np.float32)
+    gather = windows.dtype if dtype is None else _resolve_dtype("dtype", dtype, windows.data.dtype)
+    return torch.from_numpy(np.empty(0, gather)).dtype, gather
+
+
+def _as_batch(t: torch.Tensor, univariate: bool, dtype: torch.dtype) -> torch.Tensor:
+    """``(n, T, 1)`` -> ``(n, T)`` for 1-D series, then the final dtype (a no-op unless bfloat16)."""
+    if univariate:
+        t = t.reshape(t.shape[0], t.shape[1])
+    return t if t.dtype == dtype else t.to(dtype)

@@ -54,7 +54,8 @@ def _resolve_dtype(name: str, requested: Any, source: np.dtype) -> np.dtype:
     except (ImportError, TypeError):
         raise TypeError(f"{name}={requested!r} has no numpy equivalent; use a numpy dtype such as 'float32'") from None
     try:
-        dtype = np.dtype(requested)
+        # Batches are torch tensors, which have no byte order: ">f4" means float32.
+        dtype = np.dtype(requested).newbyteorder("=")
     except TypeError:
         raise TypeError(f"{name} must be a numeric dtype such as 'float32', got {_show(requested)}") from None
     if dtype.kind not in _KINDS:
@@ -68,7 +69,9 @@ def _resolve_targets(target_columns: Any, n_features: int, univariate: bool) -> 
     if target_columns is None:
         return np.arange(n_features, dtype=np.int64)
     if univariate:
-        raise ValueError("target_columns applies to 2-D data (N, F); this data is 1-D")
+        raise ValueError(
+            f"target_columns applies to 2-D data (N, F); this data is 1-D, got target_columns={_show(target_columns)}"
+        )
     if isinstance(target_columns, (int, np.integer)) and not isinstance(target_columns, bool):
         target_columns = [target_columns]
     try:
@@ -136,6 +139,12 @@ class SlidingWindows:
             raise ValueError(f"data must have shape (N,) or (N, F), got shape {array.shape}")
         if array.dtype.kind not in _KINDS:
             raise TypeError(f"data must have a real numeric dtype (int, uint or float), got {array.dtype}")
+        if not array.dtype.isnative:
+            # Numba reads only native byte order; swapping would mean a copy of the data.
+            raise TypeError(
+                f"data must be in native byte order, got dtype {array.dtype.str}; "
+                "convert once with data.astype(data.dtype.newbyteorder('='))"
+            )
         if array.size == 0:
             raise ValueError(f"data must not be empty, got shape {array.shape}")
         self.univariate = array.ndim == 1
@@ -209,7 +218,8 @@ class SlidingWindows:
         source = self.data[:, 0] if self.univariate else self.data
         x = source[s:e:self.dilation]
         y = source[e : e + self.horizon]
-        if not self.univariate and self.n_targets != self.n_features:
+        # A permutation or repeat of all columns has n_targets == n_features too.
+        if not self.univariate and not np.array_equal(self.target_columns, np.arange(self.n_features)):
             y = y[:, _as_index(self.target_columns)]
         return x, y
 
@@ -227,30 +237,34 @@ class SlidingWindows:
             return self.data.view(_BITS_ONLY[self.data.dtype])
         return self.data
 
-    def kernel_dtype(self) -> np.dtype:
-        """The dtype the gather kernel writes (float16 as its bits)."""
-        return np.dtype(_BITS_ONLY.get(self.dtype, self.dtype))
-
-    def gather(self, ids: np.ndarray, out_x: np.ndarray | None = None, out_y: np.ndarray | None = None):
+    def gather(self, ids: np.ndarray, out_x: np.ndarray | None = None, out_y: np.ndarray | None = None,
+               *, mean: np.ndarray | None = None, std: np.ndarray | None = None):
         """Gather windows ``ids`` into contiguous ``(x, y)`` arrays of shape ``(n, *x_shape)``, ``(n, *y_shape)``.
 
-        ``out_x``/``out_y`` (3-D, contiguous, of the batch dtype) receive the
-        windows when given; otherwise new arrays are allocated.
+        ``out_x``/``out_y`` (3-D ``(n, T, F)`` and ``(n, H, n_targets)``,
+        contiguous) receive the windows when given, cast to their dtype;
+        otherwise new arrays of :attr:`dtype` are allocated.  ``mean``/``std``
+        (float64, one per feature) standardise every value in the same pass.
         """
-        from fastbatch.kernels import gather_windows
+        from fastbatch.kernels import run_parallel, gather_windows
 
         ids = np.ascontiguousarray(ids)
         n = ids.shape[0]
         if out_x is None:
             out_x = np.empty((n, self.window, self.n_features), dtype=self.dtype)
         if out_y is None:
-            out_y = np.empty((n, self.horizon, self.n_targets), dtype=self.dtype)
+            out_y = np.empty((n, self.horizon, self.n_targets), dtype=out_x.dtype)
         if n:
-            gather_windows(
-                self.kernel_data(), ids, self.stride, self.dilation, self.window, self.horizon,
-                self.target_columns, out_x.view(self.kernel_dtype()), out_y.view(self.kernel_dtype()),
+            run_parallel(
+                gather_windows, self.kernel_data(), ids, self.stride, self.dilation, self.window, self.horizon,
+                self.target_columns, _bits_view(out_x), _bits_view(out_y), mean, std,
             )
         return out_x.reshape((n, *self.x_shape)), out_y.reshape((n, *self.y_shape))
+
+
+def _bits_view(array: np.ndarray) -> np.ndarray:
+    """The array itself, or its unsigned-integer view for dtypes only copied as bits."""
+    return array.view(_BITS_ONLY[array.dtype]) if array.dtype in _BITS_ONLY else array
 
 
 def _as_index(cols: np.ndarray):
