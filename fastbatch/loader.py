@@ -204,8 +204,10 @@ class WindowLoader:
 
     def _device_chunks(self, epoch: int) -> Iterator[_Chunk]:
         dw = self._device_resident()
-        for ids in self._spans(epoch):
-            x, y = dw.gather(dw.ids_tensor(ids))
+        # The epoch's ids travel to the GPU once; each chunk is a slice of them.
+        epoch_ids = dw.ids_tensor(np.concatenate(list(self._spans(epoch))) if self.n_samples else np.empty(0, np.int64))
+        for start in range(0, self.n_samples, self._chunk_windows):
+            x, y = dw.gather(epoch_ids[start : start + self._chunk_windows])
             x, y = x.to(self.dtype), y.to(self.dtype)
             yield _Chunk(x.split(self.batch_size), y.split(self.batch_size))
 
