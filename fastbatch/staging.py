@@ -23,12 +23,13 @@ import torch
 class ChunkBuffers:
     """``x`` ``(n, T, F)`` and ``y`` ``(n, H, n_targets)`` arrays a chunk is gathered into."""
 
-    __slots__ = ("x", "y", "pinned_x", "pinned_y", "event")
+    __slots__ = ("x", "y", "pinned_x", "pinned_y", "event", "idle_refs")
 
     def __init__(self, x: np.ndarray, y: np.ndarray, pinned_x=None, pinned_y=None) -> None:
         self.x, self.y = x, y
         self.pinned_x, self.pinned_y = pinned_x, pinned_y
         self.event = None
+        self.idle_refs = (0, 0)
 
     @property
     def capacity(self) -> int:
@@ -50,23 +51,27 @@ class HostPool:
 
     def take(self, n: int) -> ChunkBuffers:
         for k in range(len(self.buffers)):
-            # A free buffer's arrays have two references: the ChunkBuffers slot
-            # and getrefcount's argument.  Every torch view handed out holds a
-            # third (torch.from_numpy keeps the array alive through its storage).
-            if (
-                self.buffers[k].capacity >= n
-                and sys.getrefcount(self.buffers[k].x) == 2
-                and sys.getrefcount(self.buffers[k].y) == 2
-            ):
-                return self.buffers[k]
+            buf = self.buffers[k]
+            # Free means: no reference beyond those the buffer had when it was
+            # made.  Every torch view handed out holds one more (torch.from_numpy
+            # keeps the array alive through the tensor's storage).  The count at
+            # creation is measured, not assumed, so this holds on any CPython.
+            if buf.capacity >= n and _refs(buf, "x") == buf.idle_refs[0] and _refs(buf, "y") == buf.idle_refs[1]:
+                return buf
         xs, ys = _shapes(n, self.x_tail, self.y_tail)
         buf = ChunkBuffers(np.empty(xs, self.dtype), np.empty(ys, self.dtype))
+        buf.idle_refs = (_refs(buf, "x"), _refs(buf, "y"))
         if len(self.buffers) >= self.capacity:
             # All pooled buffers are still held by the user: forget the oldest.
             self.buffers.pop(0)
         self.buffers.append(buf)
         self.allocations += 1
         return buf
+
+
+def _refs(buf: ChunkBuffers, name: str) -> int:
+    """Reference count of one of ``buf``'s arrays, measured the same way every time."""
+    return sys.getrefcount(getattr(buf, name))
 
 
 class PinnedRing:

@@ -1,0 +1,126 @@
+"""The compiled kernels against their plain-numpy / plain-Python references.
+
+The kernels are called directly, the way SlidingWindows calls them: data as
+``(N, F)`` (1-D data as ``(N, 1)``), int32 window ids, int64 target columns,
+contiguous outputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastbatch.kernels import gather_windows, shuffled_order
+from reference import (
+    LAYOUTS_1D,
+    LAYOUTS_2D,
+    MASK64,
+    as_array,
+    geometries,
+    lay_out,
+    reference_count,
+    reference_gather,
+    reference_shuffled_order,
+    series,
+)
+
+
+@st.composite
+def gather_cases(draw, layouts_2d=LAYOUTS_2D, layouts_1d=LAYOUTS_1D):
+    """A geometry, a layout and any list of valid window ids (repeats and any order)."""
+    n_steps, n_features, geometry = draw(geometries())
+    layout = draw(st.sampled_from(layouts_1d if n_features is None else layouts_2d))
+    count = reference_count(n_steps, **{k: v for k, v in geometry.items() if k != "target_columns"})
+    ids = draw(st.lists(st.integers(0, count - 1), min_size=1, max_size=12))
+    return series(n_steps, n_features), layout, geometry, np.array(ids, dtype=np.int32)
+
+
+def run_gather(data, ids, geometry, out_dtype):
+    """Call the kernel on ``(N, F)`` data with outputs pre-filled with a value no window holds."""
+    a = as_array(data)
+    a2 = a[:, None] if a.ndim == 1 else a
+    n_features = a2.shape[1]
+    targets = geometry.get("target_columns")
+    cols = np.arange(n_features) if targets is None else np.asarray(targets) % n_features
+    out_x = np.full((len(ids), geometry["window"], n_features), -7, dtype=out_dtype)
+    out_y = np.full((len(ids), geometry["horizon"], len(cols)), -7, dtype=out_dtype)
+    gather_windows(a2, ids, geometry["stride"], geometry["dilation"], geometry["window"], geometry["horizon"],
+                   cols.astype(np.int64), out_x, out_y)
+    if a.ndim == 1:
+        return out_x[:, :, 0], out_y[:, :, 0]
+    return out_x, out_y
+
+
+@given(gather_cases())
+def test_gather_copies_exactly_the_reference_windows(scratch, case):
+    values, layout, geometry, ids = case
+    data = lay_out(values, layout, scratch)
+    x, y = run_gather(data, ids, geometry, np.float64)
+    ex, ey = reference_gather(values, ids, **geometry)
+    np.testing.assert_array_equal(x, ex)
+    np.testing.assert_array_equal(y, ey)
+    # The kernel writes only its outputs.
+    np.testing.assert_array_equal(as_array(data), values)
+
+
+@given(gather_cases(layouts_2d=("C",), layouts_1d=("C",)), st.sampled_from([np.float64, np.int64, np.int32]))
+def test_gather_casts_to_the_output_dtype_in_the_same_pass(case, source_dtype):
+    values, _, geometry, ids = case
+    values = values.astype(source_dtype)
+    x, y = run_gather(values, ids, geometry, np.float32)
+    ex, ey = reference_gather(values, ids, dtype=np.float32, **geometry)
+    assert x.dtype == np.float32
+    np.testing.assert_array_equal(x, ex)
+    np.testing.assert_array_equal(y, ey)
+
+
+def test_gather_casts_with_float_rounding_not_truncation():
+    # float64 -> float32 must round to nearest, as numpy's astype does.
+    values = np.array([[0.1], [1 / 3], [1e-40], [3.4e38], [2.0**-149 * 0.75], [16777217.0]])
+    x, _ = run_gather(values, np.array([0], dtype=np.int32), dict(window=6, horizon=0, stride=1, dilation=1),
+                      np.float32)
+    np.testing.assert_array_equal(x[0], values.astype(np.float32))
+
+
+def test_gather_accepts_int64_ids_for_more_than_2_31_windows():
+    # Past 2**31 windows the ids are int64; the kernel must index with them unchanged.
+    values = series(40, 2)
+    ids = np.array([30, 0, 17], dtype=np.int64)
+    geometry = dict(window=4, horizon=2, stride=1, dilation=2)
+    x, y = run_gather(values, ids, geometry, np.float64)
+    ex, ey = reference_gather(values, ids, **geometry)
+    np.testing.assert_array_equal(x, ex)
+    np.testing.assert_array_equal(y, ey)
+
+
+def shuffled_kernel(n: int, key: int) -> np.ndarray:
+    out = np.full(n, -1, dtype=np.int32)
+    shuffled_order(out, np.uint64(key))
+    return out
+
+
+@given(st.integers(0, 600), st.integers(0, MASK64))
+def test_shuffled_order_is_the_reference_permutation(n, key):
+    out = shuffled_kernel(n, key)
+    np.testing.assert_array_equal(out, reference_shuffled_order(n, key))
+    np.testing.assert_array_equal(np.sort(out), np.arange(n))
+
+
+def test_shuffled_order_handles_the_smallest_and_int64_outputs():
+    assert shuffled_kernel(0, 5).shape == (0,)
+    np.testing.assert_array_equal(shuffled_kernel(1, 5), [0])
+    out = np.empty(50, dtype=np.int64)
+    shuffled_order(out, np.uint64(123))
+    np.testing.assert_array_equal(out, shuffled_kernel(50, 123))
+
+
+def test_shuffled_order_is_uniform_over_positions():
+    # Every id lands at every position about equally often across keys; an
+    # off-by-one in Fisher-Yates (Sattolo's cycle, a biased swap range) fails this.
+    n, keys = 5, 5000
+    counts = np.zeros((n, n), dtype=np.int64)
+    for key in range(keys):
+        counts[np.arange(n), shuffled_kernel(n, key * 0x1234567)] += 1
+    expected = keys / n  # 1000, standard deviation about 28
+    assert np.abs(counts - expected).max() < 150, counts
