@@ -10,14 +10,19 @@ See NOTE [ Staging, streams and shutdown ] in docs/design.md.  In short:
   the stream, so the consumer never waits on a thread that has gone;
 - stopping sets the event, drains the queue (a ``put`` blocked on a full queue
   returns) and joins with a timeout, skipped while the interpreter finalises;
-  the thread is a daemon, so interpreter exit never waits for it.
+  the thread is a daemon, so interpreter exit never waits for it long;
+- at interpreter exit (``atexit``, before finalisation) every live prefetcher
+  is stopped and joined, so no producer is inside a compiled kernel while the
+  runtime tears down its thread pools (which aborts the process otherwise).
 """
 
 from __future__ import annotations
 
+import atexit
 import queue
 import sys
 import threading
+import weakref
 from typing import Any, Callable, Iterator
 
 _END = object()
@@ -54,6 +59,15 @@ def _put(out: queue.Queue, entry, stop: threading.Event) -> bool:
     return False
 
 
+_LIVE: "weakref.WeakSet[Prefetcher]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for prefetcher in list(_LIVE):
+        prefetcher.close()
+
+
 class Prefetcher:
     """Iterate over ``source`` while a daemon thread keeps up to ``depth`` items ready."""
 
@@ -66,6 +80,7 @@ class Prefetcher:
             target=_run, args=(source, self._queue, self._stop, on_start), name=name, daemon=True
         )
         self._thread.start()
+        _LIVE.add(self)
 
     def __iter__(self) -> "Prefetcher":
         return self
