@@ -1,0 +1,243 @@
+"""``python -m bench`` / ``fastbatch-bench``: the options, and the one place that reads ``sys.argv``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from bench import config as cfg
+
+DESCRIPTION = """\
+Which batch size should this machine train with, and where does it run out of memory?
+
+Sweeps batch sizes (powers of two) with fastbatch's WindowLoader and a training
+step, each size in a fresh child process; measures loader-only and end-to-end
+samples/s, the time spent waiting for data, peak host and device memory, and a
+torch DataLoader baseline at the same sizes; finds the out-of-memory boundary
+by doubling then bracketing to within 1%; recommends a batch size.
+"""
+
+EPILOG = """\
+examples:
+  python -m bench --quick                        # about a minute
+  python -m bench --device cuda --out results    # GPU; writes results.json, .csv and plots
+  python -m bench --memory-limit 1GiB            # CPU: find where 1 GiB runs out
+  python -m bench --data series.npy --model lstm --window 128
+  python -m bench --model my_models:build --model-options hidden=512
+
+--model module:function imports your module (its top-level code runs) and calls
+function(window, horizon, n_features, n_targets, **model_options), which must
+return a torch.nn.Module mapping x (B, window, F) to (B, horizon, n_targets).
+--data files are memory-mapped with allow_pickle=False (never unpickled).
+See docs/bench.md for how to read the output.
+"""
+
+
+def _positive_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
+        return value
+
+    return parse
+
+
+def _wrap(fn, name: str):
+    def parse(text: str) -> Any:
+        try:
+            return fn(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parse.__name__ = name
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line for the mistake and one pointing to --help, instead of the whole usage."""
+        self.exit(2, f"{self.prog}: error: {message}\n({self.prog} --help lists the options)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    prog = "fastbatch-bench" if os.path.basename(sys.argv[0]) == "fastbatch-bench" else "python -m bench"
+    p = _Parser(prog=prog, description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to run")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if torch sees one, else cpu)")
+    g.add_argument("--batch-sizes", type=_wrap(cfg.parse_batch_sizes, "batch sizes"), metavar="B,B,...",
+                   help="the sizes to sweep, e.g. 32,64,128 (default: powers of two from 1 up to the "
+                        "boundary or --max-batch-size)")
+    g.add_argument("--max-batch-size", type=_positive_int("--max-batch-size"), metavar="B",
+                   help=f"the last power-of-two size (default on CPU: {cfg.CPU_MAX_BATCH_SIZE}, --quick "
+                        f"{cfg.QUICK_MAX_BATCH_SIZE}, or up to the boundary with --memory-limit; on GPU: up "
+                        "to the boundary); never more than the series' windows")
+    g.add_argument("--model", default="mlp",
+                   help="mlp, cnn, lstm, transformer, or module:function for your own factory (default: mlp)")
+    g.add_argument("--model-options", type=_wrap(cfg.parse_model_options, "model options"), default={},
+                   metavar="K=V,...", help="keyword arguments for the model factory, e.g. hidden=512,layers=3")
+    g.add_argument("--steps", type=_positive_int("--steps"), metavar="N",
+                   help=f"training steps each trial must complete, the first fifth untimed; small batches "
+                        f"run more, to time at least 0.5 s (default {cfg.DEFAULT_STEPS}, --quick {cfg.QUICK_STEPS})")
+    g.add_argument("--bf16", action="store_true", help="bf16 autocast in the training step")
+    g.add_argument("--quick", action="store_true",
+                   help="every other power of two up to 1024, fewer steps: under a minute on 2 cores")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="PATH.npy", help="your own series, (N,) or (N, F), memory-mapped "
+                                                     "(default: a synthetic series)")
+    g.add_argument("--window", type=_positive_int("--window"), default=64, help="input steps T (default 64)")
+    g.add_argument("--horizon", type=_positive_int("--horizon"), default=8, help="target steps H (default 8)")
+    g.add_argument("--features", type=_positive_int("--features"), help="features of the synthetic series (default 8)")
+    g.add_argument("--series-length", type=_positive_int("--series-length"), metavar="N",
+                   help="steps of the synthetic series (default 2**20 on CPU, 2**23 on GPU)")
+
+    g = p.add_argument_group("memory")
+    g.add_argument("--memory-limit", type=_wrap(cfg.parse_size, "size"), metavar="SIZE",
+                   help="host memory each trial may use, e.g. 2GiB or 1500MB (RLIMIT_DATA on the trial "
+                        f"process; default on CPU: {cfg.SAFETY_FRACTION:.0%}% of the available memory)")
+    g.add_argument("--gpu-memory-fraction", type=_fraction, metavar="F",
+                   help="use only this fraction of the GPU's memory, to emulate a smaller card")
+    g.add_argument("--tolerance", type=_fraction, default=0.01,
+                   help="how close the boundary's bracket must be, relative (default 0.01)")
+
+    g = p.add_argument_group("measurement")
+    g.add_argument("--prefetch", type=int, default=2, metavar="N", help="batches the loader prepares ahead (default 2)")
+    g.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="skip the torch DataLoader baseline")
+    g.add_argument("--trial-timeout", type=float, default=300.0, metavar="S",
+                   help="seconds before a trial is killed and recorded as a timeout (default 300)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the synthetic series, the model and the order")
+    g.add_argument("--out", metavar="DIR", help="write results.json, results.csv, throughput.png, memory.png here")
+    return p
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _baseline_workers() -> tuple[int, ...]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    return (0,) + tuple(w for w in (2, 4, 8) if w <= usable)
+
+
+def config_from_args(args: argparse.Namespace) -> cfg.BenchConfig:
+    """Resolve the defaults that depend on the device, --quick and --memory-limit."""
+    import psutil
+
+    device = args.device or _default_device()
+    gpu = device.startswith("cuda")
+    if args.data is not None and (args.features is not None or args.series_length is not None):
+        raise ValueError("--features and --series-length describe the synthetic series; with --data they come "
+                         "from the file")
+    memory_limit, limit_from = args.memory_limit, "user" if args.memory_limit else "none"
+    if memory_limit is None and not gpu:
+        memory_limit, limit_from = int(cfg.SAFETY_FRACTION * psutil.virtual_memory().available), "safety"
+    max_batch_size = args.max_batch_size
+    if max_batch_size is None and not gpu and limit_from != "user":
+        max_batch_size = cfg.QUICK_MAX_BATCH_SIZE if args.quick else cfg.CPU_MAX_BATCH_SIZE
+    return cfg.BenchConfig(
+        device=device,
+        batch_sizes=args.batch_sizes,
+        max_batch_size=max_batch_size,
+        window=args.window,
+        horizon=args.horizon,
+        features=args.features or 8,
+        series_length=args.series_length or (2**23 if gpu else 2**20),
+        data=args.data,
+        model=args.model,
+        model_options=args.model_options,
+        steps=args.steps or (cfg.QUICK_STEPS if args.quick else cfg.DEFAULT_STEPS),
+        memory_limit=memory_limit,
+        memory_limit_from=limit_from,
+        gpu_memory_fraction=args.gpu_memory_fraction,
+        bf16=args.bf16,
+        prefetch=args.prefetch,
+        tolerance=args.tolerance,
+        trial_timeout=args.trial_timeout,
+        baseline=args.baseline,
+        baseline_workers=_baseline_workers(),
+        loader_seconds=0.2 if args.quick else 0.5,
+        baseline_samples=2048 if args.quick else 4096,
+        quick=args.quick,
+        seed=args.seed,
+        out=args.out,
+    )
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        # Piped or captured output keeps the whole table on one line per row.
+        console = Console(stderr=stderr, width=max(console.width, 160))
+    return console
+
+
+def _show(result: dict[str, Any], prepared, out: str | None) -> None:
+    """The table and summary on stdout; the files under ``out``."""
+    from rich.markup import escape
+
+    from bench import harness, report
+
+    console = _console()
+    console.print(report.table(result))
+    for line in report.summary(result):
+        console.print(escape(line), highlight=False)
+    if out:
+        paths = report.write_all(result, out)
+        harness.keep_logs(prepared, result, out)
+        console.print("wrote " + ", ".join(paths), highlight=False)
+    console.print(f"done in {result['elapsed_s']:.0f} s", highlight=False)
+
+
+def _interrupted(detail: str = "") -> int:
+    print("interrupted" + (f": {detail}" if detail else ""), file=sys.stderr)
+    return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the harness; the exit status is 0 when a batch size was recommended, 130 after Ctrl-C."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from bench import harness
+
+    try:
+        config = config_from_args(args)
+        prepared = harness.prepare(config)
+    except (ValueError, harness.BenchError) as error:
+        parser.error(str(error))
+    except KeyboardInterrupt:
+        return _interrupted()
+    try:
+        result = harness.run(prepared, _console(stderr=True))
+        _show(result, prepared, config.out)
+    except KeyboardInterrupt:  # outside the sweep (profiling, plotting): nothing to report
+        return _interrupted()
+    finally:
+        harness.cleanup(prepared)
+    if result["interrupted"]:
+        return _interrupted("the sweep ended early; the report above is partial")
+    return 0 if result["recommended_batch_size"] else 1

@@ -1,0 +1,63 @@
+"""The series a harness run trains on: the user's ``.npy`` file or a synthetic one.
+
+Either way the trials read it from a ``.npy`` file with ``np.load(mmap_mode="r")``:
+the series lives once in the page cache, not once per trial process, and a
+user's file is never unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def synthetic_series(length: int, features: int, seed: int = 0) -> np.ndarray:
+    """A ``(length, features)`` float32 series: per feature, two sines of its own periods and phases, plus noise.
+
+    Learnable (the next steps follow from the window) yet not trivial; the
+    values stay within about [-2, 2], as after standardisation.
+    """
+    rng = np.random.default_rng(seed)
+    periods = rng.uniform(16, 256, size=(2, features))
+    phases = rng.uniform(0, 2 * np.pi, size=(2, features))
+    out = np.empty((length, features), dtype=np.float32)
+    rows = 1 << 16  # in blocks, so a long series never needs float64 copies of itself
+    for start in range(0, length, rows):
+        t = np.arange(start, min(start + rows, length), dtype=np.float64)[:, None]
+        block = np.sin(2 * np.pi * t / periods[0] + phases[0]) + 0.5 * np.sin(2 * np.pi * t / periods[1] + phases[1])
+        block += 0.1 * rng.standard_normal(block.shape)
+        out[start : start + block.shape[0]] = block
+    return out
+
+
+def write_synthetic(path: str, length: int, features: int, seed: int = 0) -> str:
+    """Write :func:`synthetic_series` to ``path`` (``.npy``) and return the path."""
+    np.save(path, synthetic_series(length, features, seed))
+    return path
+
+
+def load_series(path: str) -> np.ndarray:
+    """The ``(N, F)`` array in the ``.npy`` file ``path``, memory-mapped read-only.
+
+    A 1-D series becomes ``(N, 1)`` (a view).  Raises ``ValueError`` with a
+    one-line message for anything that is not a plain numeric ``.npy`` array;
+    pickled object arrays are refused, never loaded.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"--data {path!r}: no such file")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as error:
+        if "allow_pickle" in str(error) or "Python objects" in str(error):
+            raise ValueError(f"--data {path!r} holds Python objects (pickled); only numeric arrays are read") from None
+        raise ValueError(f"--data {path!r} is not a readable .npy array: {error}") from None
+    except Exception as error:  # noqa: BLE001 - any unreadable file is one message
+        raise ValueError(f"--data {path!r} is not a readable .npy array: {error}") from None
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"--data {path!r} is a .npz archive; save the one series as .npy (np.save)")
+    if array.ndim not in (1, 2):
+        raise ValueError(f"--data {path!r} must hold a series of shape (N,) or (N, F), got shape {array.shape}")
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"--data {path!r} must hold real numbers (int, uint or float), got dtype {array.dtype}")
+    return array[:, None] if array.ndim == 1 else array

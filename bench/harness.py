@@ -1,0 +1,238 @@
+"""One harness run: check the inputs, profile the machine, sweep, find the boundary, report.
+
+:func:`prepare` does everything that can fail because of the user's options
+(before a single trial starts, so a bad option costs a second, not a sweep);
+:func:`run` does the rest and returns the report dict that ``results.json``
+holds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench.config import BenchConfig, format_bytes, powers_of_two
+from bench.search import lr_scaling_note, recommend, search
+
+
+class BenchError(ValueError):
+    """A problem with the options or the inputs: reported as one line, never a traceback."""
+
+
+@dataclass
+class Prepared:
+    config: BenchConfig
+    data_path: str
+    dataset: dict[str, Any]
+    workdir: str
+    sizes: list[int]
+    stopped_by: str
+
+
+def _check_device(config: BenchConfig) -> None:
+    import torch
+
+    if not config.on_gpu:
+        if config.gpu_memory_fraction is not None:
+            raise BenchError("--gpu-memory-fraction applies to --device cuda only")
+        return
+    if not torch.cuda.is_available():
+        raise BenchError(f"--device {config.device}: torch {torch.__version__} sees no CUDA device here")
+    index = torch.device(config.device).index or 0
+    if index >= torch.cuda.device_count():
+        raise BenchError(f"--device {config.device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+
+
+def _check_model(config: BenchConfig, n_features: int) -> int:
+    """Build the model once on the CPU and run two windows through it; return its parameter count."""
+    import torch
+
+    from bench.models import build_model
+
+    try:
+        model = build_model(config.model, config.window, config.horizon, n_features, n_features,
+                            **config.model_options)
+        with torch.no_grad():
+            out = model(torch.zeros(2, config.window, n_features))
+    except Exception as error:  # noqa: BLE001 - the user's factory can fail in any way
+        raise BenchError(f"--model {config.model}: {type(error).__name__}: {error}".splitlines()[0]) from None
+    expected = (2, config.horizon, n_features)
+    if tuple(out.shape) != expected and out.numel() != math.prod(expected):
+        raise BenchError(f"--model {config.model} maps x of shape (2, {config.window}, {n_features}) to "
+                         f"{tuple(out.shape)}; expected {expected} = (B, horizon, n_targets)")
+    return sum(p.numel() for p in model.parameters())
+
+
+def plan_sizes(config: BenchConfig, n_windows: int) -> tuple[list[int], str]:
+    """The sweep's batch sizes in order, and what ends the list if every size runs."""
+    if config.batch_sizes:
+        sizes = [s for s in config.batch_sizes if s <= n_windows]
+        return sizes, "batch_sizes" if len(sizes) == len(config.batch_sizes) else "dataset"
+    base = 4 if config.quick else 2  # --quick: every other power of two, half the trials
+    if config.max_batch_size is not None and config.max_batch_size <= n_windows:
+        return powers_of_two(config.max_batch_size, base), "max_batch_size"
+    return powers_of_two(n_windows, base), "dataset"
+
+
+def prepare(config: BenchConfig) -> Prepared:
+    """Check the device, data and model; write the synthetic series; plan the sweep."""
+    from bench.data import load_series, write_synthetic
+
+    _check_device(config)
+    workdir = tempfile.mkdtemp(prefix="fastbatch-bench-")
+    try:
+        if config.data is not None:
+            data_path = os.path.abspath(config.data)
+            array = load_series(data_path)
+            source = data_path
+        else:
+            data_path = write_synthetic(os.path.join(workdir, "series.npy"), config.series_length,
+                                        config.features, config.seed)
+            array = load_series(data_path)
+            source = "synthetic"
+        n_steps, n_features = array.shape
+        n_windows = n_steps - config.window - config.horizon + 1
+        if n_windows < 1:
+            raise BenchError(f"the series has {n_steps} steps; window {config.window} + horizon "
+                             f"{config.horizon} need at least {config.window + config.horizon}")
+        parameters = _check_model(config, n_features)
+        sizes, stopped_by = plan_sizes(config, n_windows)
+        if not sizes:
+            raise BenchError(f"every --batch-sizes value exceeds the {n_windows} windows of the series")
+    except ValueError as error:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise BenchError(str(error)) from None
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    dataset = {"source": source, "series_length": n_steps, "features": n_features, "dtype": str(array.dtype),
+               "n_windows": n_windows, "bytes_per_window": (config.window + config.horizon) * n_features * 4,
+               "model_parameters": parameters}
+    return Prepared(config, data_path, dataset, workdir, sizes, stopped_by)
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
+def _line(result: dict[str, Any]) -> str:
+    from bench.report import rate
+
+    head = f"batch {result['batch_size']:>7} {result['status']:<7}"
+    if result["status"] != "ok":
+        return f"{head} {result.get('error') or ''}"[:160]
+    return (f"{head} loader {rate(result.get('loader_samples_per_sec'))}/s, "
+            f"train {rate(result.get('train_samples_per_sec'))}/s, "
+            f"peak host {format_bytes(result.get('peak_host_bytes'))}"
+            + (f", device {format_bytes(result['peak_device_reserved_bytes'])}"
+               if result.get("peak_device_reserved_bytes") else "")
+            + f"  ({result.get('wall_s', 0):.1f} s)")
+
+
+def run(prepared: Prepared, console) -> dict[str, Any]:
+    """Profile, sweep and recommend; return the report dict.  Ctrl-C ends the sweep early, with a partial report."""
+    from rich.markup import escape
+
+    from bench import hardware
+    from bench.trial import run_trial
+
+    config = prepared.config
+    started = time.perf_counter()
+    console.print(f"[bold]fastbatch bench[/]: {config.model} on {config.device}, window {config.window}, "
+                  f"horizon {config.horizon}, {prepared.dataset['features']} features, "
+                  f"{prepared.dataset['n_windows']} windows ({prepared.dataset['source']})")
+    with console.status("profiling the hardware"):
+        hw = hardware.profile(config.device, quick=config.quick)
+    finished: list[dict[str, Any]] = []
+    interrupted = False
+    with _progress(console) as progress:
+        task = progress.add_task("sweep", total=len(prepared.sizes))
+
+        def trial(size: int, role: str) -> dict[str, Any]:
+            if role == "boundary":
+                progress.update(task, total=progress.tasks[task].total + 1)
+            progress.update(task, description=f"batch {size} ({role})")
+            return run_trial(config, size, prepared.data_path, role=role,
+                             baseline=config.baseline and role == "sweep", workdir=prepared.workdir)
+
+        def done(result: dict[str, Any]) -> None:
+            finished.append(result)
+            progress.advance(task)
+            progress.console.print(escape(_line(result)), highlight=False)
+
+        try:
+            outcome = search(trial, prepared.sizes, tolerance=config.tolerance, stopped_by=prepared.stopped_by,
+                             on_result=done)
+            results, boundary = outcome.results, outcome.boundary
+        except KeyboardInterrupt:
+            interrupted = True
+            results = sorted(finished, key=lambda r: r["batch_size"])
+            boundary = {"largest_ok": None, "smallest_oom": None, "reached": False, "stopped_by": "interrupted",
+                        "tolerance": config.tolerance, "predicted_oom_batch_size": None,
+                        "memory_capacity_bytes": None}
+    report = build_report(config, hw, prepared.dataset, results, boundary, interrupted=interrupted)
+    report["elapsed_s"] = time.perf_counter() - started
+    return report
+
+
+def build_report(config: BenchConfig, hw: dict[str, Any], dataset: dict[str, Any],
+                 results: list[dict[str, Any]], boundary: dict[str, Any], *,
+                 interrupted: bool = False) -> dict[str, Any]:
+    """The dict ``results.json`` holds, from the trials' raw results.
+
+    An interrupted sweep recommends nothing: its best size is only the best so far.
+    """
+    rows = []
+    for r in results:
+        row = {key: r.get(key) for key in (
+            "batch_size", "status", "role", "loader_samples_per_sec", "loader_bytes_per_sec",
+            "train_samples_per_sec", "data_wait_s", "compute_s", "peak_host_bytes", "peak_host_data_bytes",
+            "peak_device_bytes",
+            "peak_device_reserved_bytes", "baseline_samples_per_sec", "baseline_workers", "error",
+            "final_loss", "wall_s", "loader_api")}
+        row["iterations_per_epoch"] = math.ceil(dataset["n_windows"] / r["batch_size"])
+        if r.get("loader_samples_per_sec") and r.get("baseline_samples_per_sec"):
+            row["speedup_vs_baseline"] = r["loader_samples_per_sec"] / r["baseline_samples_per_sec"]
+        else:
+            row["speedup_vs_baseline"] = None
+        rows.append(row)
+    recommendation = recommend([] if interrupted else rows, boundary)
+    recommended = recommendation["recommended_batch_size"]
+    return {
+        "hardware": hw,
+        "config": config.to_dict(),
+        "dataset": dataset,
+        "results": rows,
+        "baseline": [{"batch_size": r["batch_size"], "samples_per_sec": r["baseline_samples_per_sec"],
+                      "workers": r["baseline_workers"]} for r in rows if r.get("baseline_samples_per_sec")],
+        "oom_boundary": boundary,
+        "recommended_batch_size": recommended,
+        "recommendation": recommendation,
+        "lr_scaling": lr_scaling_note(recommended),
+        "interrupted": interrupted,
+    }
+
+
+def keep_logs(prepared: Prepared, report: dict[str, Any], out_dir: str) -> None:
+    """Copy the logs of trials that did not end ``ok`` to ``out_dir/trial-logs``."""
+    failed = [r for r in report["results"] if r["status"] != "ok"]
+    if not failed:
+        return
+    target = os.path.join(out_dir, "trial-logs")
+    os.makedirs(target, exist_ok=True)
+    for r in failed:
+        log = os.path.join(prepared.workdir, f"trial-{r['batch_size']}-{r['role']}.log")
+        if os.path.exists(log):
+            shutil.copy(log, target)
+
+
+def cleanup(prepared: Prepared) -> None:
+    shutil.rmtree(prepared.workdir, ignore_errors=True)

@@ -1,0 +1,188 @@
+import os
+import signal
+import textwrap
+
+import psutil
+import pytest
+
+from bench.config import BenchConfig
+from bench.data import write_synthetic
+from bench.trial import _verdict, is_oom_error, run_trial
+
+# Small enough that a trial is quick, long enough for a batch of 2**16 windows.
+SERIES_LENGTH = 70_000
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    return write_synthetic(str(tmp_path_factory.mktemp("series") / "series.npy"), SERIES_LENGTH, 8)
+
+
+def small_config(**overrides):
+    values = dict(steps=3, loader_seconds=0.05, trial_timeout=120, baseline_samples=256)
+    values.update(overrides)
+    return BenchConfig(**values)
+
+
+def test_a_trial_measures_loader_training_and_memory(series, tmp_path):
+    result = run_trial(small_config(), 32, series, baseline=True, workdir=str(tmp_path))
+    assert result["status"] == "ok", result
+    assert result["batch_size"] == 32 and result["role"] == "sweep"
+    assert result["loader_samples_per_sec"] > 0 and result["loader_bytes_per_sec"] > 0
+    # The first step is a warm-up; then at least the remaining 2 steps, more to fill loader_seconds.
+    assert result["train_samples"] == 32 * (result["train_steps"] - 1) and result["train_steps"] >= 3
+    assert result["train_samples_per_sec"] > 0 and result["compute_s"] > 0 and result["data_wait_s"] >= 0
+    # The child's own high-water mark: torch alone is over 100 MiB, and no child here reaches 4 GiB.
+    assert 100 * 2**20 < result["peak_host_bytes"] < 4 * 2**30
+    assert result["peak_device_bytes"] is None
+    assert result["baseline_samples_per_sec"] > 0 and result["baseline_workers"] in (0, 2)
+
+
+def test_a_tiny_memory_limit_gives_an_oom_verdict(series, tmp_path):
+    # 2**16 windows of 72 x 8 float32 are 150 MiB per batch, beyond what 450 MiB leaves after the runtime.
+    config = small_config(memory_limit=450 * 2**20, memory_limit_from="user")
+    result = run_trial(config, 2**16, series, workdir=str(tmp_path))
+    assert result["status"] == "oom", result
+    assert result["memory_limit_kind"] == "RLIMIT_DATA"
+    assert "memory" in result["error"].lower() or "alloc" in result["error"].lower()
+    assert run_trial(config, 16, series, workdir=str(tmp_path))["status"] == "ok"
+
+
+def test_a_limit_below_the_runtime_itself_is_named(series, tmp_path):
+    result = run_trial(small_config(memory_limit=64 * 2**20), 16, series, workdir=str(tmp_path))
+    assert result["status"] == "oom" and "own footprint" in result["error"]
+
+
+def user_module(tmp_path, monkeypatch, body):
+    (tmp_path / "user_models.py").write_text(textwrap.dedent(body))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+
+
+def test_a_child_that_dies_by_a_signal_is_a_crash(series, tmp_path, monkeypatch):
+    user_module(tmp_path, monkeypatch, """
+        import os, signal
+        def build(window, horizon, n_features, n_targets):
+            os.kill(os.getpid(), signal.SIGSEGV)
+    """)
+    result = run_trial(small_config(model="user_models:build"), 16, series, workdir=str(tmp_path))
+    assert result["status"] == "crash" and "SIGSEGV" in result["error"]
+
+
+@pytest.mark.slow
+def test_a_slow_child_times_out_and_is_killed(series, tmp_path, monkeypatch):
+    user_module(tmp_path, monkeypatch, """
+        import time
+        def build(window, horizon, n_features, n_targets):
+            time.sleep(600)
+    """)
+    result = run_trial(small_config(model="user_models:build", trial_timeout=5), 16, series, workdir=str(tmp_path))
+    assert result["status"] == "timeout" and result["wall_s"] < 30
+    assert not [p for p in psutil.Process().children(recursive=True) if "bench.trial" in " ".join(p.cmdline())]
+
+
+@pytest.mark.slow
+def test_ctrl_c_kills_the_child(series, tmp_path, monkeypatch):
+    user_module(tmp_path, monkeypatch, """
+        import time
+        def build(window, horizon, n_features, n_targets):
+            time.sleep(600)
+    """)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 4.0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_trial(small_config(model="user_models:build"), 16, series, workdir=str(tmp_path))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not [p for p in psutil.Process().children(recursive=True) if "bench.trial" in " ".join(p.cmdline())]
+
+
+def test_a_model_error_is_an_error_not_an_oom(series, tmp_path, monkeypatch):
+    user_module(tmp_path, monkeypatch, """
+        def build(window, horizon, n_features, n_targets):
+            raise KeyError("no such layer")
+    """)
+    result = run_trial(small_config(model="user_models:build"), 16, series, workdir=str(tmp_path))
+    assert result["status"] == "error" and "no such layer" in result["error"]
+
+
+@pytest.mark.parametrize("returncode,log,expected", [
+    (-signal.SIGKILL, "", "oom"),
+    (-signal.SIGSEGV, "Segmentation fault", "crash"),
+    (-signal.SIGABRT, "terminate called after throwing an instance of 'std::bad_alloc'", "oom"),
+    (1, "OpenBLAS error: Memory allocation still failed after 10 retries, giving up.", "oom"),
+    (1, "ImportError: no module named x", "crash"),
+])
+def test_verdict_of_a_child_without_a_result(returncode, log, expected):
+    verdict = _verdict(returncode, log, killed_by_us=False, timeout=10)
+    assert verdict["status"] == expected
+    assert verdict["error"]
+
+
+def test_verdict_of_a_killed_child_is_a_timeout():
+    assert _verdict(-signal.SIGKILL, "", killed_by_us=True, timeout=10)["status"] == "timeout"
+
+
+def test_oom_errors_are_recognised():
+    import torch
+
+    assert is_oom_error(MemoryError())
+    assert is_oom_error(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"))
+    assert is_oom_error(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_oom_error(OSError(12, "Cannot allocate memory", "site-packages/sympy"))
+    try:
+        try:
+            raise MemoryError
+        except MemoryError as inner:
+            raise ValueError("while cleaning up") from inner
+    except ValueError as outer:
+        assert is_oom_error(outer)
+    assert not is_oom_error(OSError(2, "No such file or directory"))
+    assert not is_oom_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_oom_error(KeyError("memory"))
+
+
+def test_loader_without_device_keywords_falls_back_to_moving_batches(monkeypatch):
+    import numpy as np
+    import torch
+
+    import fastbatch as fb
+    from bench.trial import make_loader
+
+    real = fb.WindowLoader
+
+    def older_loader(windows, *, batch_size, shuffle=False, seed=None, drop_last=False):
+        return real(windows, batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+
+    monkeypatch.setattr(fb, "WindowLoader", older_loader)
+    windows = fb.SlidingWindows(np.zeros((100, 2), dtype=np.float32), window=4, horizon=2)
+    loader, move, api = make_loader(windows, 8, torch.device("cpu"), 2, 0)
+    assert api == "loader"
+    # "meta" stands in for a GPU: the batches must be moved by the harness.
+    loader, move, api = make_loader(windows, 8, torch.device("meta"), 2, 0)
+    x, y = move(*next(iter(loader)))
+    assert api == "to" and x.device.type == "meta" and x.shape == (8, 4, 2) and y.shape == (8, 2, 2)
+
+
+def test_loader_with_device_keywords_gets_them(monkeypatch):
+    import numpy as np
+    import torch
+
+    import fastbatch as fb
+    from bench.trial import make_loader
+
+    seen = {}
+
+    def newer_loader(windows, *, batch_size, shuffle=False, seed=None, drop_last=False, device=None, prefetch=2):
+        seen.update(device=device, prefetch=prefetch)
+        return "loader"
+
+    monkeypatch.setattr(fb, "WindowLoader", newer_loader)
+    windows = fb.SlidingWindows(np.zeros((100, 2), dtype=np.float32), window=4, horizon=2)
+    loader, move, api = make_loader(windows, 8, torch.device("cpu"), 3, 0)
+    assert api == "loader" and seen == {"device": torch.device("cpu"), "prefetch": 3}
