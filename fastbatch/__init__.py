@@ -1,8 +1,10 @@
 """fastbatch: sliding-window batches for time-series training, gathered by Numba kernels."""
 
+from fastbatch.compat import collate
 from fastbatch.loader import WindowLoader
+from fastbatch.order import BlockShuffle
 from fastbatch.windows import SlidingWindows
 
 __version__ = "0.1.0"
 
-__all__ = ["SlidingWindows", "WindowLoader", "__version__"]
+__all__ = ["BlockShuffle", "SlidingWindows", "WindowLoader", "__version__", "collate"]

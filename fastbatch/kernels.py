@@ -60,7 +60,7 @@ def shuffled_order(out, key):
 
     Fisher-Yates driven by the splitmix64 stream of ``key``: the result depends
     on ``key`` and ``len(out)`` only, never on threads, machine or library
-    versions.  Reference: ``tests/test_kernels.py::reference_shuffled_order``.
+    versions.  Reference: ``tests/reference.py::reference_shuffled_order``.
     """
     n = out.shape[0]
     for i in range(n):
@@ -114,3 +114,199 @@ def gather_windows(data, ids, stride, dilation, window, horizon, target_columns,
                     out_y[b, h, c] = data[e + h, col]
                 else:
                     out_y[b, h, c] = (np.float64(data[e + h, col]) - mean[col]) / std[col]
+
+
+# -- many series ----------------------------------------------------------------
+
+
+@jit()
+def _copy_window(src, row, b, dilation, window, horizon, target_columns, out_x, out_y, mean, std):
+    """``out_x[b]``/``out_y[b]`` <- the window of ``src`` whose first input step is ``row``."""
+    n_features = src.shape[1]
+    for t in range(window):
+        r = row + t * dilation
+        for f in range(n_features):
+            if mean is None:
+                out_x[b, t, f] = src[r, f]
+            else:
+                out_x[b, t, f] = (np.float64(src[r, f]) - mean[f]) / std[f]
+    e = row + (window - 1) * dilation + 1
+    for h in range(horizon):
+        for c in range(target_columns.shape[0]):
+            col = target_columns[c]
+            if mean is None:
+                out_y[b, h, c] = src[e + h, col]
+            else:
+                out_y[b, h, c] = (np.float64(src[e + h, col]) - mean[col]) / std[col]
+
+
+@jit(parallel=True)
+def gather_concatenated(data, row_starts, offsets, ids, stride, dilation, window, horizon, target_columns,
+                        out_x, out_y, series_out=None, mean=None, std=None):
+    """:func:`gather_windows` for series laid end to end in one ``(N, F)`` array.
+
+    Series ``s`` starts at row ``row_starts[s]`` and owns window ids
+    ``offsets[s] <= i < offsets[s + 1]``; its local window ``i - offsets[s]``
+    starts at ``row_starts[s] + (i - offsets[s]) * stride``, so no window
+    crosses into the next series.  ``series_out[b]`` receives the series of
+    ``ids[b]`` when given.
+    """
+    for b in prange(ids.shape[0]):
+        i = np.int64(ids[b])
+        s = np.searchsorted(offsets, i, side="right") - 1
+        row = row_starts[s] + (i - offsets[s]) * stride
+        _copy_window(data, row, b, dilation, window, horizon, target_columns, out_x, out_y, mean, std)
+        if series_out is not None:
+            series_out[b] = s
+
+
+@jit(parallel=True)
+def gather_series_list(arrays, offsets, ids, stride, dilation, window, horizon, target_columns,
+                       out_x, out_y, series_out=None, mean=None, std=None):
+    """:func:`gather_windows` over a ``numba.typed.List`` of ``(N_s, F)`` arrays, one per series.
+
+    Window ``i`` of series ``s`` (``offsets[s] <= i < offsets[s + 1]``) starts
+    at row ``(i - offsets[s]) * stride`` of ``arrays[s]``.
+    """
+    for b in prange(ids.shape[0]):
+        i = np.int64(ids[b])
+        s = np.searchsorted(offsets, i, side="right") - 1
+        src = arrays[s]
+        _copy_window(src, (i - offsets[s]) * stride, b, dilation, window, horizon, target_columns,
+                     out_x, out_y, mean, std)
+        if series_out is not None:
+            series_out[b] = s
+
+
+# -- computed epoch orders ---------------------------------------------------------
+
+# Rounds of the Feistel network.  Four rounds make a strong pseudo-random
+# permutation of a large domain (Luby & Rackoff, 1988), but over small domains
+# (a few bits a half) measurably favour some orders; six rounds bring a
+# 64-element domain to within noise of a random permutation (see
+# tests/test_permutation.py).
+FEISTEL_ROUNDS = 6
+_ONE = np.uint64(1)
+_ROTATE = np.uint64(0xD1B54A32D192ED03)
+
+
+@jit()
+def domain_bits(n):
+    """The smallest ``k`` with ``2**k >= n``."""
+    bits = 0
+    while (_ONE << np.uint64(bits)) < np.uint64(n):
+        bits += 1
+    return bits
+
+
+@jit()
+def feistel(x, bits, key):
+    """A keyed bijection of ``[0, 2**bits)``: an unbalanced Feistel network.
+
+    ``x`` splits into a left half of ``bits // 2`` bits and a right half of
+    the rest; each round maps ``(L, R)`` to ``(R, L ^ F(R))``, which is
+    invertible whatever ``F`` is, so the whole network is a bijection.  The
+    halves trade widths every round; with an even number of rounds they end
+    where they started.  ``F`` is splitmix64's finaliser of ``R`` xor a round
+    key, truncated to the width of ``L``.
+    """
+    la = np.uint64(bits // 2)
+    lb = np.uint64(bits) - la
+    left = x >> lb
+    right = x & ((_ONE << lb) - _ONE)
+    for i in range(FEISTEL_ROUNDS):
+        f = mix64(right ^ (key + np.uint64(i + 1) * _GOLDEN))
+        new_right = (left ^ f) & ((_ONE << la) - _ONE)
+        left = right
+        right = new_right
+        la, lb = lb, la
+    return (left << lb) | right
+
+
+@jit()
+def rotation(n, key):
+    """The keyed offset that :func:`permute_index` adds: uniform in ``[0, n)``."""
+    return mix64(key ^ _ROTATE) % n
+
+
+@jit()
+def permute_index(x, n, bits, key, shift):
+    """Where ``x`` goes under the keyed bijection of ``[0, n)``.
+
+    ``bits = domain_bits(n)`` and ``shift = rotation(n, key)``, passed in so a
+    caller evaluating many positions computes them once.  Cycle-walking:
+    apply :func:`feistel` on ``[0, 2**bits)`` until the value falls inside
+    ``[0, n)``; the values of ``x``'s cycle outside ``[0, n)`` are skipped, so
+    the result is again a bijection, and ``2**bits < 2n`` keeps the expected
+    number of steps below two.  The final rotation by ``shift`` makes every
+    id equally likely at every position, whatever the size.
+    """
+    y = feistel(x, bits, key)
+    while y >= n:
+        y = feistel(y, bits, key)
+    y = y + shift
+    return y - n if y >= n else y
+
+
+@jit()
+def block_index(p, n, key, block_windows, pool_blocks, n_blocks, block_bits, block_shift, offset):
+    """Window id at position ``p`` of the block-shuffled order of ``n`` windows.
+
+    Windows form blocks of ``block_windows`` consecutive ids; blocks are
+    permuted and taken ``pool_blocks`` at a time into a pool whose windows are
+    permuted again.  So each stretch of ``pool_blocks * block_windows``
+    positions reads a few runs of neighbouring windows, and every window
+    still appears exactly once.  The ``n % block_windows`` windows of the
+    partial block join the last pool, and all ids are rotated by the keyed
+    ``offset``, so the partial block is a different run each epoch.
+    ``n_blocks = n // block_windows``, ``block_bits``/``block_shift`` its
+    :func:`domain_bits`/:func:`rotation`: per-epoch constants.  Reference:
+    ``tests/test_permutation.py::reference_block_order``.
+    """
+    k = np.uint64(block_windows)
+    per_pool = np.uint64(pool_blocks)
+    pool = k * per_pool
+    n_pools = max(_ONE, (n_blocks + per_pool - _ONE) // per_pool)
+    q = min(p // pool, n_pools - _ONE)
+    j = p - q * pool
+    first_block = q * per_pool
+    blocks_here = min(per_pool, n_blocks - first_block) if n_blocks > first_block else np.uint64(0)
+    size = blocks_here * k + (n - n_blocks * k if q == n_pools - _ONE else np.uint64(0))
+    pool_key = mix64(key ^ (q * _GOLDEN + _MIX1))
+    jp = permute_index(j, size, domain_bits(size), pool_key, rotation(size, pool_key))
+    if jp < blocks_here * k:
+        block = permute_index(first_block + jp // k, n_blocks, block_bits, key, block_shift)
+        v = block * k + jp % k
+    else:
+        v = n_blocks * k + (jp - blocks_here * k)
+    v = v + offset
+    return v - n if v >= n else v
+
+
+@jit(parallel=True)
+def epoch_ids(out, start, n, rank, world_size, kind, key, block_windows, pool_blocks):
+    """Fill ``out`` with the window ids at positions ``start ...`` of one rank's share of an epoch.
+
+    Position ``j`` of rank ``r`` is position ``g = (j * world_size + r) % n``
+    of the epoch (``DistributedSampler``'s interleaving; the modulo wraps the
+    padding round to the start).  ``kind`` 0: ``g`` itself; 1:
+    :func:`permute_index` of ``g``; 2: :func:`block_index` of ``g``.
+    """
+    un = np.uint64(n)
+    bits = domain_bits(un)
+    shift = rotation(un, key)
+    n_blocks = un // np.uint64(max(1, block_windows))
+    block_bits = domain_bits(n_blocks)
+    block_shift = rotation(n_blocks, key) if n_blocks > 0 else np.uint64(0)
+    offset = rotation(un, mix64(key))
+    for j in prange(out.shape[0]):
+        g = np.uint64(start + j) * np.uint64(world_size) + np.uint64(rank)
+        if g >= un:  # only in the padding round: spare the division everywhere else
+            g = g % un
+        if kind == 0:
+            v = g
+        elif kind == 1:
+            v = permute_index(g, un, bits, key, shift)
+        else:
+            v = block_index(g, un, key, block_windows, pool_blocks, n_blocks, block_bits, block_shift, offset)
+        out[j] = v

@@ -20,9 +20,11 @@ import torch
 
 from fastbatch._checks import _show, check_bool, check_int, check_seed
 from fastbatch.device import PLACEMENTS, DeviceWindows, choose_placement, resolve_device
+from fastbatch.distributed import resolve_ranks
 from fastbatch.normalize import resolve_normalize
-from fastbatch.order import EpochOrder
+from fastbatch.order import EpochOrder, resolve_order, shard_size
 from fastbatch.prefetch import Prefetcher
+from fastbatch.resume import check_state, make_state
 from fastbatch.staging import HostPool, PinnedRing
 from fastbatch.windows import SlidingWindows, _resolve_dtype
 
@@ -44,6 +46,15 @@ class _Chunk:
     ys: tuple
     ready: Any = None
     bases: tuple = ()
+    series: tuple = ()
+
+
+@dataclass
+class _Progress:
+    """Where the latest epoch iterator is; kept by the loader so state_dict outlives the iterator."""
+
+    epoch: int
+    position: int
 
 
 class WindowLoader:
@@ -84,12 +95,30 @@ class WindowLoader:
         copies each batch; ``"device"`` copies the series to the GPU once and
         gathers there; ``"auto"`` (default) picks ``"device"`` when the series
         takes at most ``fastbatch.device.DEVICE_RESIDENT_FRACTION`` of the free
-        GPU memory.
+        GPU memory.  Many series (a list, or ``lengths=``) are gathered on the
+        host: ``"auto"`` picks ``"host"`` and ``"device"`` raises.
+    order:
+        ``None`` (default): ``"sequential"`` or, with ``shuffle=True``,
+        ``"shuffle"``.  ``"shuffle"``: a uniform permutation, stored up to
+        ``fastbatch.order.STORED_SHUFFLE_MAX`` windows and computed (O(1)
+        memory) beyond; ``"feistel"``: always computed; ``"block"`` or a
+        :class:`fastbatch.BlockShuffle`: blocks of consecutive windows
+        shuffled, then windows within a pool of blocks, for data read from
+        disk.  Any order but ``"sequential"`` shuffles.
+    rank, world_size:
+        This process's share of each epoch; default: torch.distributed's when
+        it is initialised, else the whole epoch.  Ranks get disjoint shards
+        and the same number of batches: ``drop_last=True`` drops the tail,
+        otherwise the shortfall is padded with the epoch's first windows
+        (``DistributedSampler``'s rules).
 
     Each ``iter(loader)`` runs epoch :attr:`epoch` and then advances it by one,
     so consecutive epochs are shuffled differently; :meth:`set_epoch` sets the
     epoch of the next iteration explicitly (as with ``DistributedSampler``).
     A new ``iter()`` stops the previous iterator of the same loader.
+    :meth:`state_dict` / :meth:`load_state_dict` save and resume the position
+    within an epoch.  With ``windows.return_series_id`` batches are
+    ``(x, y, series_ids)``.
     """
 
     def __init__(
@@ -105,13 +134,19 @@ class WindowLoader:
         dtype: Any = None,
         normalize: Any = None,
         placement: str = "auto",
+        order: Any = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         if not isinstance(windows, SlidingWindows):
             raise TypeError(f"windows must be a fastbatch.SlidingWindows, got {type(windows).__name__}")
         self.windows = windows
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
-        self.shuffle = check_bool("shuffle", shuffle)
         self.drop_last = check_bool("drop_last", drop_last)
+        step_bytes = windows.stride * windows.n_features * windows.data.dtype.itemsize
+        self.order = resolve_order(order, check_bool("shuffle", shuffle), len(windows), step_bytes)
+        self.shuffle = self.order.kind != "sequential"
+        self.rank, self.world_size = resolve_ranks(rank, world_size)
         self.seed = secrets.randbits(63) if seed is None else check_seed(seed)
         self.prefetch = check_int("prefetch", prefetch, minimum=0)
         if placement not in PLACEMENTS:
@@ -119,9 +154,17 @@ class WindowLoader:
         self.device = resolve_device(device)
         self.dtype, self._gather_dtype = _batch_dtypes(dtype, windows)
         self._mean, self._std = resolve_normalize(normalize, windows.data, self._gather_dtype)
+        if windows.many_series:
+            if placement == "device":
+                raise ValueError("placement='device' does not support many series yet; use placement='host' "
+                                 "(placement='auto' picks it)")
+            placement = "host"
         self.placement = choose_placement(placement, self.device, windows)
         self.epoch = 0
-        n = len(windows)
+        self._resume_position = 0
+        self._progress: _Progress | None = None
+        # This rank's windows per epoch: all of them for one process.
+        n = self._shard = shard_size(len(windows), self.world_size, self.drop_last)
         self.n_batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
         chunk_bytes = DEVICE_CHUNK_BYTES if self.placement == "device" else CHUNK_BYTES
         self._chunk_batches = max(1, min(self.n_batches, chunk_bytes // max(1, self.batch_size * windows.window_nbytes)))
@@ -133,26 +176,69 @@ class WindowLoader:
         self._active: weakref.ref | None = None
 
     # -- public ---------------------------------------------------------------
+    @property
+    def normalize_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(mean, std)`` per feature used to standardise batches, or ``None``.
+
+        Pass them to the validation loader (``normalize=loader.normalize_stats``)
+        so both splits are scaled by the training statistics.
+        """
+        return None if self._mean is None else (self._mean.copy(), self._std.copy())
+
     def __len__(self) -> int:
         """Batches per epoch (iterations per epoch)."""
         return self.n_batches
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch of the next iteration (it selects the shuffled order)."""
-        self.epoch = check_int("epoch", epoch, minimum=0)
+        """Set the epoch of the next iteration (it selects the shuffled order).
+
+        The next iteration starts at the epoch's first batch, unless a state
+        loaded with :meth:`load_state_dict` put it inside this same epoch: a
+        training loop that calls ``set_epoch(epoch)`` before each epoch still
+        resumes where the checkpoint left off.
+        """
+        epoch = check_int("epoch", epoch, minimum=0)
+        if epoch != self.epoch or self._progress is not None:
+            self._resume_position = 0
+        self.epoch = epoch
+        self._progress = None
 
     @property
     def n_samples(self) -> int:
-        """Windows delivered per epoch (all of them unless ``drop_last`` drops a tail)."""
-        return min(len(self.windows), self.n_batches * self.batch_size)
+        """Windows this rank delivers per epoch (all of them for one process unless ``drop_last`` drops a tail)."""
+        return min(self._shard, self.n_batches * self.batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the next batch comes from: ``{"seed", "epoch", "position", "fingerprint", "format"}``.
+
+        ``position`` counts the batches of ``epoch`` already handed out (by an
+        iteration in progress, or one stopped early).  The dict is small and
+        JSON-serialisable; the same for every rank.
+        """
+        p = self._progress
+        if p is not None and p.position < self.n_batches:
+            return make_state(self, p.epoch, p.position)
+        return make_state(self, self.epoch, self._resume_position)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``: the next ``iter()`` yields exactly the remaining batches of its epoch.
+
+        The loader must be built with the same windows and batching arguments
+        (``seed`` is taken from the state); a state from a different geometry
+        raises ``ValueError`` naming what differs.  Nothing is replayed: the
+        remaining window ids are computed from the position.
+        """
+        self.seed, self.epoch, self._resume_position = check_state(self, state)
+        self._progress = None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         previous = self._active() if self._active is not None else None
         if previous is not None:
             previous.close(superseded=True)
-        epoch = self.epoch
-        self.epoch = epoch + 1
-        it = _EpochIterator(self, epoch)
+        epoch, start = self.epoch, self._resume_position
+        self.epoch, self._resume_position = epoch + 1, 0
+        self._progress = _Progress(epoch, start)
+        it = _EpochIterator(self, epoch, self._progress)
         self._active = weakref.ref(it)
         return it
 
@@ -160,34 +246,41 @@ class WindowLoader:
         return (
             f"WindowLoader(n_batches={self.n_batches}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
             f"seed={self.seed}, drop_last={self.drop_last}, device='{self.device}', prefetch={self.prefetch}, "
-            f"placement='{self.placement}', epoch={self.epoch})"
+            f"placement='{self.placement}', order='{self.order.kind}', rank={self.rank}, "
+            f"world_size={self.world_size}, epoch={self.epoch})"
         )
 
     # -- producer side ----------------------------------------------------------
-    def _spans(self, epoch: int) -> Iterator[np.ndarray]:
-        """Window ids of each chunk of the epoch."""
-        order = EpochOrder(len(self.windows), shuffle=self.shuffle, seed=self.seed, epoch=epoch)
+    def _spans(self, epoch: int, position: int = 0) -> Iterator[np.ndarray]:
+        """Window ids of each chunk of the epoch (this rank's share), from batch ``position`` on."""
+        spec = self.order
+        order = EpochOrder(len(self.windows), shuffle=self.shuffle, seed=self.seed, epoch=epoch, kind=spec.kind,
+                           block=(spec.block_windows, spec.pool_blocks), rank=self.rank,
+                           world_size=self.world_size, drop_last=self.drop_last)
         total = self.n_samples
-        for start in range(0, total, self._chunk_windows):
+        for start in range(position * self.batch_size, total, self._chunk_windows):
             yield order.ids(start, min(start + self._chunk_windows, total))
 
-    def _host_chunks(self, epoch: int) -> Iterator[_Chunk]:
+    def _host_chunks(self, epoch: int, position: int = 0) -> Iterator[_Chunk]:
         w = self.windows
         cuda = self.device.type == "cuda"
         staging = self._host_staging()
-        for ids in self._spans(epoch):
+        for ids in self._spans(epoch, position):
             n = ids.shape[0]
             buf = staging.take(n)
-            w.gather(ids, buf.x[:n], buf.y[:n], mean=self._mean, std=self._std)
+            # A small array per chunk, handed out as views: 8 bytes a window.
+            series = np.empty(n, dtype=np.int64) if w.return_series_id else None
+            w.gather(ids, buf.x[:n], buf.y[:n], mean=self._mean, std=self._std, series_out=series)
             if cuda:
-                yield self._copy_to_device(buf, n)
+                yield self._copy_to_device(buf, n, series)
             else:
                 x = _as_batch(torch.from_numpy(buf.x[:n]), w.univariate, self.dtype)
                 y = _as_batch(torch.from_numpy(buf.y[:n]), w.univariate, self.dtype)
                 del buf
-                yield _Chunk(x.split(self.batch_size), y.split(self.batch_size))
+                s = () if series is None else torch.from_numpy(series).split(self.batch_size)
+                yield _Chunk(x.split(self.batch_size), y.split(self.batch_size), series=s)
 
-    def _copy_to_device(self, buf, n: int) -> _Chunk:
+    def _copy_to_device(self, buf, n: int, series: np.ndarray | None = None) -> _Chunk:
         # The copy runs on the loader's side stream; the consumer's stream waits
         # on `ready` before the batch is handed out, and the slot is rewritten
         # only after `ready` (NOTE [ Staging, streams and shutdown ]).
@@ -197,16 +290,21 @@ class WindowLoader:
             y = buf.pinned_y[:n].to(self.device, non_blocking=True)
             x = _as_batch(x, w.univariate, self.dtype)
             y = _as_batch(y, w.univariate, self.dtype)
+            # Pageable and used once, so a plain (host-synchronous) copy is safe.
+            s = None if series is None else torch.from_numpy(series).to(self.device)
             ready = torch.cuda.Event()
             ready.record(self._copy_stream)
         buf.event = ready
-        return _Chunk(x.split(self.batch_size), y.split(self.batch_size), ready, (x, y))
+        bases = (x, y) if s is None else (x, y, s)
+        return _Chunk(x.split(self.batch_size), y.split(self.batch_size), ready, bases,
+                      () if s is None else s.split(self.batch_size))
 
-    def _device_chunks(self, epoch: int) -> Iterator[_Chunk]:
+    def _device_chunks(self, epoch: int, position: int = 0) -> Iterator[_Chunk]:
         dw = self._device_resident()
         # The epoch's ids travel to the GPU once; each chunk is a slice of them.
-        epoch_ids = dw.ids_tensor(np.concatenate(list(self._spans(epoch))) if self.n_samples else np.empty(0, np.int64))
-        for start in range(0, self.n_samples, self._chunk_windows):
+        spans = list(self._spans(epoch, position))
+        epoch_ids = dw.ids_tensor(np.concatenate(spans) if spans else np.empty(0, np.int64))
+        for start in range(0, epoch_ids.shape[0], self._chunk_windows):
             x, y = dw.gather(epoch_ids[start : start + self._chunk_windows])
             x, y = x.to(self.dtype), y.to(self.dtype)
             yield _Chunk(x.split(self.batch_size), y.split(self.batch_size))
@@ -237,21 +335,28 @@ class WindowLoader:
 class _EpochIterator:
     """The consumer side of one epoch: hands out the batches of each chunk in turn."""
 
-    def __init__(self, loader: WindowLoader, epoch: int) -> None:
+    def __init__(self, loader: WindowLoader, epoch: int, progress: _Progress | None = None) -> None:
         self.epoch = epoch
-        self.position = 0
+        self._progress = _Progress(epoch, 0) if progress is None else progress
+        start = self._progress.position
         self._batches: Iterator = iter(())
         self._closed = False
         self._superseded = False
         self._cuda = loader.device if loader.device.type == "cuda" else None
         if loader.placement == "device":
-            self._chunks: Any = loader._device_chunks(epoch)
+            self._chunks: Any = loader._device_chunks(epoch, start)
         elif loader.prefetch == 0:
             if self._cuda is not None:
                 loader._on_producer_start()
-            self._chunks = loader._host_chunks(epoch)
+            self._chunks = loader._host_chunks(epoch, start)
         else:
-            self._chunks = Prefetcher(loader._host_chunks(epoch), loader._depth, on_start=loader._on_producer_start)
+            self._chunks = Prefetcher(loader._host_chunks(epoch, start), loader._depth,
+                                      on_start=loader._on_producer_start)
+
+    @property
+    def position(self) -> int:
+        """Batches of this epoch handed out so far (counting those before a resume)."""
+        return self._progress.position
 
     def __iter__(self) -> "_EpochIterator":
         return self
@@ -261,7 +366,7 @@ class _EpochIterator:
             batch = next(self._batches)
         except StopIteration:
             batch = self._next_chunk()
-        self.position += 1
+        self._progress.position += 1
         return batch
 
     def _next_chunk(self):
@@ -284,7 +389,7 @@ class _EpochIterator:
                 # Allocated on the copy stream, used on the consumer's: keep the
                 # allocator from reusing the memory before that use is done.
                 base.record_stream(stream)
-        self._batches = zip(chunk.xs, chunk.ys)
+        self._batches = zip(chunk.xs, chunk.ys, chunk.series) if chunk.series else zip(chunk.xs, chunk.ys)
         return next(self._batches)
 
     def close(self, superseded: bool = False) -> None:

@@ -7,9 +7,28 @@ position in the epoch is all a checkpoint needs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from fastbatch._checks import _show, check_int
+
 _MASK = 2**64 - 1
+# Above this many windows a shuffled epoch is computed (a keyed bijection
+# evaluated for each chunk) rather than stored: a stored int32 permutation of
+# 2**24 windows takes 64 MiB and Fisher-Yates over it about 0.3 s an epoch,
+# while the computed order costs 8 bytes whatever the size.
+STORED_SHUFFLE_MAX = 1 << 24
+# order="block": a block covers about this many bytes of consecutive rows,
+# at least one read-ahead window of the disk (Linux reads up to
+# read_ahead_kb around a page fault: 128 KiB by default, 8 MiB on some
+# virtual disks), so a cold memmap is read in long runs and little of what
+# is read goes unused.  Chosen with bench/outofcore.py (docs/integration.md).
+BLOCK_BYTES = 1 << 23
+POOL_BLOCKS = 8
+ORDERS = ("sequential", "shuffle", "feistel", "block")
+# The codes of fastbatch.kernels.epoch_ids.
+_KIND_CODES = {"sequential": 0, "feistel": 1, "block": 2}
 
 
 def _splitmix64(x: int) -> int:
@@ -40,19 +59,115 @@ def shuffled(n: int, seed: int, epoch: int) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class BlockShuffle:
+    """``order="block"`` with explicit sizes: shuffle blocks, then windows within a pool of blocks.
+
+    Parameters
+    ----------
+    block_windows:
+        Consecutive windows per block; ``None``: as many as start within about
+        :data:`BLOCK_BYTES` of rows.
+    pool_blocks:
+        Blocks whose windows are shuffled together.  A stretch of
+        ``block_windows * pool_blocks`` batches' windows reads only
+        ``pool_blocks`` runs of the file; larger pools mix more.
+    """
+
+    block_windows: int | None = None
+    pool_blocks: int = POOL_BLOCKS
+
+    def __post_init__(self) -> None:
+        if self.block_windows is not None:
+            check_int("block_windows", self.block_windows, minimum=1)
+        check_int("pool_blocks", self.pool_blocks, minimum=1)
+
+
+@dataclass(frozen=True)
+class OrderSpec:
+    """A resolved order: ``kind`` in :data:`ORDERS`, plus the block sizes of ``"block"``."""
+
+    kind: str
+    block_windows: int = 0
+    pool_blocks: int = 0
+
+
+def resolve_order(order, shuffle: bool, n: int, step_bytes: int) -> OrderSpec:
+    """The order a loader uses: ``order`` if given, else sequential or shuffled after ``shuffle``.
+
+    ``"shuffle"`` is stored Fisher-Yates up to :data:`STORED_SHUFFLE_MAX`
+    windows and the computed ``"feistel"`` order above; ``step_bytes`` (bytes
+    of rows between consecutive window starts) sizes the blocks of ``"block"``.
+    """
+    if order is None:
+        order = "shuffle" if shuffle else "sequential"
+    if isinstance(order, str) and order == "block":
+        order = BlockShuffle()
+    if isinstance(order, BlockShuffle):
+        k = order.block_windows or max(1, BLOCK_BYTES // max(1, step_bytes))
+        return OrderSpec("block", int(k), int(order.pool_blocks))
+    if not isinstance(order, str) or order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS} or a fastbatch.BlockShuffle, got {_show(order)}")
+    if shuffle and order == "sequential":
+        raise ValueError("shuffle=True contradicts order='sequential'; leave shuffle out or pick a shuffled order")
+    if order == "shuffle" and n > STORED_SHUFFLE_MAX:
+        return OrderSpec("feistel")
+    return OrderSpec(order)
+
+
+def shard_size(n: int, world_size: int, drop_last: bool) -> int:
+    """Positions each rank gets (``DistributedSampler``'s rule).
+
+    ``drop_last``: ``n // world_size`` (the tail of the epoch is dropped);
+    otherwise ``ceil(n / world_size)``, the shortfall padded with the epoch's
+    first windows again.
+    """
+    return n // world_size if drop_last else -(-n // world_size)
+
+
 class EpochOrder:
     """The window ids of one epoch, handed out in consecutive spans.
 
     ``shuffle=False`` gives ``0, 1, ..., n-1`` without storing anything;
-    ``shuffle=True`` stores one permutation (4 bytes a window below 2**31).
+    ``shuffle=True`` stores one permutation (4 bytes a window below 2**31)
+    up to :data:`STORED_SHUFFLE_MAX` windows and computes it beyond.  ``kind``
+    picks an order of :data:`ORDERS` explicitly (``block`` is
+    ``(block_windows, pool_blocks)``).
+
+    With ``world_size > 1`` this is rank ``rank``'s share: its position ``j`` is
+    position ``j * world_size + rank`` of the epoch, wrapped round to the start
+    for the padding (``DistributedSampler``'s interleaving), so ranks are
+    disjoint apart from that padding.
     """
 
-    def __init__(self, n: int, *, shuffle: bool, seed: int, epoch: int) -> None:
+    def __init__(self, n: int, *, shuffle: bool, seed: int, epoch: int, kind: str | None = None,
+                 block: tuple[int, int] = (0, 0), rank: int = 0, world_size: int = 1,
+                 drop_last: bool = False) -> None:
+        if kind is None:
+            kind = resolve_order(None, shuffle, n, 1).kind
+        if kind == "block" and min(block) < 1:
+            raise ValueError(f"kind='block' needs block=(block_windows, pool_blocks), both >= 1, got {block}")
         self.n = n
-        self._perm = shuffled(n, seed, epoch) if shuffle else None
+        self.kind = kind
+        self.rank, self.world_size = rank, world_size
+        self.size = shard_size(n, world_size, drop_last)
+        self._key = epoch_key(seed, epoch)
+        self._block = block
+        self._perm = shuffled(n, seed, epoch) if kind == "shuffle" else None
 
     def ids(self, start: int, stop: int) -> np.ndarray:
-        """Window ids at positions ``start:stop`` of the epoch."""
-        if self._perm is None:
+        """Window ids at positions ``start:stop`` of the epoch (of this rank's share)."""
+        if self.kind == "sequential" and self.world_size == 1:
             return np.arange(start, stop, dtype=index_dtype(self.n))
-        return self._perm[start:stop]
+        if self._perm is not None:
+            if self.world_size == 1:
+                return self._perm[start:stop]
+            positions = np.arange(start, stop, dtype=np.int64) * self.world_size + self.rank
+            return self._perm[positions % self.n]
+        from fastbatch.kernels import epoch_ids, run_parallel
+
+        out = np.empty(max(0, stop - start), dtype=index_dtype(self.n))
+        if out.shape[0]:
+            run_parallel(epoch_ids, out, start, self.n, self.rank, self.world_size, _KIND_CODES[self.kind],
+                         self._key, self._block[0], self._block[1])
+        return out

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fastbatch._checks import _show, check_int
+from fastbatch._checks import _show, check_bool, check_int
+from fastbatch.series import SeriesRows, check_lengths, series_of, typed_series_list, window_counts, window_offsets
 
 # Numba compiles no arithmetic for these, but a same-dtype copy only moves
 # bits, so data of these dtypes is gathered through an unsigned view.
@@ -41,6 +42,27 @@ def _as_numpy(data: Any) -> np.ndarray:
         f"data must be a numpy array, np.memmap or CPU torch tensor of shape (N,) or (N, F), "
         f"got {type(data).__name__}"
     )
+
+
+def _checked_array(data: Any, name: str) -> np.ndarray:
+    """``data`` as a numpy view, checked: 1-D or 2-D, real numeric, native byte order."""
+    try:
+        array = _as_numpy(data)
+    except (TypeError, ValueError) as error:
+        if name == "data":
+            raise
+        raise type(error)(f"{name}: {error}") from None
+    if array.ndim not in (1, 2):
+        raise ValueError(f"{name} must have shape (N,) or (N, F), got shape {array.shape}")
+    if array.dtype.kind not in _KINDS:
+        raise TypeError(f"{name} must have a real numeric dtype (int, uint or float), got {array.dtype}")
+    if not array.dtype.isnative:
+        # Numba reads only native byte order; swapping would mean a copy of the data.
+        raise TypeError(
+            f"{name} must be in native byte order, got dtype {array.dtype.str}; "
+            "convert once with data.astype(data.dtype.newbyteorder('='))"
+        )
+    return array
 
 
 def _resolve_dtype(name: str, requested: Any, source: np.dtype) -> np.dtype:
@@ -99,7 +121,9 @@ class SlidingWindows:
     data:
         A numpy array (any strides, read-only and ``np.memmap`` included; never
         written) or a CPU torch tensor, of shape ``(N,)`` or ``(N, F)`` and a
-        real numeric dtype.
+        real numeric dtype.  Many series: a list of such arrays (all 1-D or
+        all 2-D with the same ``F`` and dtype; never concatenated), or one
+        array of series laid end to end with ``lengths``.
     window:
         ``T``, the number of input steps of each window (>= 1).
     horizon:
@@ -114,9 +138,19 @@ class SlidingWindows:
     dtype:
         The dtype of the batches; default: the data's.  The cast happens inside
         the gather, in the same pass as the copy.
+    lengths:
+        With one array of many series laid end to end: the length of each
+        series (they must add up to ``N``).
+    return_series_id:
+        Give each window's series index too: ``w[i]`` is ``(x, y, series)``
+        and batches are ``(x, y, series_ids)``.
 
     The number of windows is ``(N - span) // stride + 1`` with
-    ``span = (T - 1) * dilation + 1 + H``.
+    ``span = (T - 1) * dilation + 1 + H``; with many series it is the sum of
+    each series' count, no window crosses from one series into the next, and
+    a series shorter than ``span`` has none.  Window ids run through the
+    series in order.  The windows are also a map-style torch ``Dataset``:
+    see :meth:`__getitems__` and ``fastbatch.collate``.
     """
 
     def __init__(
@@ -129,38 +163,145 @@ class SlidingWindows:
         dilation: int = 1,
         target_columns: Sequence[int] | None = None,
         dtype: Any = None,
+        lengths: Sequence[int] | None = None,
+        return_series_id: bool = False,
     ) -> None:
         self.window = check_int("window", window, minimum=1)
         self.horizon = check_int("horizon", horizon, minimum=0)
         self.stride = check_int("stride", stride, minimum=1)
         self.dilation = check_int("dilation", dilation, minimum=1)
-        array = _as_numpy(data)
-        if array.ndim not in (1, 2):
-            raise ValueError(f"data must have shape (N,) or (N, F), got shape {array.shape}")
-        if array.dtype.kind not in _KINDS:
-            raise TypeError(f"data must have a real numeric dtype (int, uint or float), got {array.dtype}")
-        if not array.dtype.isnative:
-            # Numba reads only native byte order; swapping would mean a copy of the data.
-            raise TypeError(
-                f"data must be in native byte order, got dtype {array.dtype.str}; "
-                "convert once with data.astype(data.dtype.newbyteorder('='))"
-            )
-        if array.size == 0:
-            raise ValueError(f"data must not be empty, got shape {array.shape}")
-        self.univariate = array.ndim == 1
-        self.data = array[:, None] if self.univariate else array
+        self.return_series_id = check_bool("return_series_id", return_series_id)
+        self.span = (self.window - 1) * self.dilation + 1 + self.horizon
+        # Many series: per-series window offsets (None for one series), the
+        # row where each series starts in `data`, and the arrays of a list.
+        self._offsets: np.ndarray | None = None
+        self._row_starts: np.ndarray | None = None
+        self._arrays: list[np.ndarray] | None = None
+        self._typed_arrays = None
+        if isinstance(data, (list, tuple)):
+            if lengths is not None:
+                raise ValueError("lengths= splits one array of series laid end to end; a list of series has its own lengths")
+            array = self._init_series_list(data)
+        else:
+            array = _checked_array(data, "data")
+            if array.size == 0:
+                raise ValueError(f"data must not be empty, got shape {array.shape}")
+            self.univariate = array.ndim == 1
+            self.data = array[:, None] if self.univariate else array
         self.dtype = _resolve_dtype("dtype", dtype, array.dtype)
         self.target_columns = _resolve_targets(target_columns, self.n_features, self.univariate)
+        self._init_counts(lengths)
+
+    def _init_counts(self, lengths: Any) -> None:
+        """Series lengths, row starts and window offsets of the series; the number of windows."""
         n_steps = self.data.shape[0]
-        self.span = (self.window - 1) * self.dilation + 1 + self.horizon
-        if n_steps < self.span:
+        if lengths is not None:
+            series_lengths = check_lengths(lengths, n_steps)
+            self._row_starts = np.concatenate([[0], np.cumsum(series_lengths)[:-1]]).astype(np.int64)
+        elif self._arrays is not None:
+            series_lengths = np.array([a.shape[0] for a in self._arrays], dtype=np.int64)
+            self._row_starts = self.data.row_starts[:-1]
+        else:
+            series_lengths = np.array([n_steps], dtype=np.int64)
+        self.series_lengths = series_lengths
+        if self._row_starts is not None:
+            self._offsets = window_offsets(window_counts(series_lengths, self.span, self.stride))
+        if int(series_lengths.max()) < self.span:
+            which = "data is" if self._offsets is None else "every series is"
+            steps = f"{n_steps} steps" if self._offsets is None else f"the longest has {int(series_lengths.max())} steps"
             raise ValueError(
-                f"data is too short for one window: {n_steps} steps, but window={self.window}, "
+                f"{which} too short for one window: {steps}, but window={self.window}, "
                 f"horizon={self.horizon}, dilation={self.dilation} need {self.span}"
             )
-        self._len = (n_steps - self.span) // self.stride + 1
+        if self._offsets is None:
+            self._len = (n_steps - self.span) // self.stride + 1
+        else:
+            self._len = int(self._offsets[-1])
+
+    def _init_series_list(self, data: Sequence[Any]) -> np.ndarray:
+        """Check a list of series and keep them as 2-D views; returns the first (for its dtype)."""
+        if len(data) == 0:
+            raise ValueError("data must hold at least one series, got an empty list")
+        for k, a in enumerate(data):
+            if not isinstance(a, np.ndarray) and type(a).__module__.split(".")[0] != "torch":
+                raise TypeError(
+                    "data must be a numpy array, np.memmap or CPU torch tensor, or a list of them (one per "
+                    f"series); got a list holding {type(a).__name__} at data[{k}]"
+                )
+        arrays = [_checked_array(a, f"data[{k}]") for k, a in enumerate(data)]
+        first = arrays[0]
+        if first.ndim == 2 and first.shape[1] == 0:
+            raise ValueError(f"series must have at least one feature, got data[0] of shape {first.shape}")
+        for k, a in enumerate(arrays):
+            if a.ndim != first.ndim:
+                raise ValueError(f"series must be all 1-D or all 2-D, got data[0] of shape {first.shape} "
+                                 f"and data[{k}] of shape {a.shape}")
+            if a.ndim == 2 and a.shape[1] != first.shape[1]:
+                raise ValueError(f"series must have the same number of features, got {first.shape[1]} in data[0] "
+                                 f"and {a.shape[1]} in data[{k}]")
+            if a.dtype != first.dtype:
+                # One kernel reads every series: mixed dtypes would need a copy.
+                raise TypeError(f"series must share one dtype, got {first.dtype} in data[0] and {a.dtype} in data[{k}]")
+        self.univariate = first.ndim == 1
+        self._arrays = [a[:, None] if self.univariate else a for a in arrays]
+        self.data = SeriesRows(self._arrays)
+        return first
+
+    @classmethod
+    def from_npy(cls, path: Any, **kwargs: Any) -> "SlidingWindows":
+        """Windows over a ``.npy`` file opened with ``np.load(path, mmap_mode="r")``: nothing is loaded.
+
+        The operating system pages the file in as windows are read (its page
+        cache, not this process's memory).  ``kwargs`` are those of the
+        constructor (``lengths=`` for many series laid end to end).  Pickling
+        the result (DataLoader worker processes) reopens the file by its path
+        instead of copying its contents.
+        """
+        import os
+
+        path = os.fspath(path)
+        out = cls(np.load(path, mmap_mode="r"), **kwargs)
+        out._npy = (path, kwargs)
+        return out
+
+    def __reduce__(self):
+        npy = getattr(self, "_npy", None)
+        if npy is not None:
+            return (_reopen_npy, npy)
+        state = dict(self.__dict__)
+        state["_typed_arrays"] = None  # numba lists do not pickle; rebuilt on the first gather
+        return (_restore, (type(self), state))
 
     # -- geometry -----------------------------------------------------------
+    @property
+    def n_series(self) -> int:
+        """The number of series (1 for a single array)."""
+        return int(self.series_lengths.shape[0])
+
+    @property
+    def many_series(self) -> bool:
+        """True when built from a list of series or with ``lengths``."""
+        return self._offsets is not None
+
+    @property
+    def series_offsets(self) -> np.ndarray:
+        """``[0, n_0, n_0 + n_1, ..., len(self)]``: series ``s`` owns window ids ``offsets[s]:offsets[s+1]``."""
+        if self._offsets is None:
+            return np.array([0, self._len], dtype=np.int64)
+        return self._offsets
+
+    def series_of(self, ids: Any) -> np.ndarray:
+        """The series index of each window id in ``ids`` (valid ids, as an int64 array)."""
+        return series_of(self.series_offsets, np.asarray(ids, dtype=np.int64))
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """``(series, start)``: window ``i``'s series and the step of its first input within that series."""
+        i = self._index(i)
+        if self._offsets is None:
+            return 0, i * self.stride
+        s = int(series_of(self._offsets, i))
+        return s, (i - int(self._offsets[s])) * self.stride
+
     @property
     def n_steps(self) -> int:
         """``N``, the length of the series."""
@@ -192,8 +333,15 @@ class SlidingWindows:
         return (self.window * self.n_features + self.horizon * self.n_targets) * self.dtype.itemsize
 
     def start(self, i: int) -> int:
-        """The index in ``data`` of the first input step of window ``i``."""
-        return self._index(i) * self.stride
+        """The index in ``data`` of the first input step of window ``i``.
+
+        With many series that is a row of the series laid end to end (for a
+        list, as :class:`fastbatch.series.SeriesRows` numbers them).
+        """
+        if self._offsets is None:
+            return self._index(i) * self.stride
+        s, local = self.locate(i)
+        return int(self._row_starts[s]) + local
 
     def __len__(self) -> int:
         return self._len
@@ -213,17 +361,47 @@ class SlidingWindows:
         which case numpy's fancy indexing has to copy those few values.  Views
         have the data's dtype; batches from a loader have ``dtype``.
         """
-        s = self.start(i)
+        series, s = self.locate(i)
         e = s + (self.window - 1) * self.dilation + 1
-        source = self.data[:, 0] if self.univariate else self.data
+        source = self._series_rows(series)
+        source = source[:, 0] if self.univariate else source
         x = source[s:e:self.dilation]
         y = source[e : e + self.horizon]
         # A permutation or repeat of all columns has n_targets == n_features too.
         if not self.univariate and not np.array_equal(self.target_columns, np.arange(self.n_features)):
             y = y[:, _as_index(self.target_columns)]
+        if self.return_series_id:
+            return x, y, series
         return x, y
 
+    def _series_rows(self, s: int) -> np.ndarray:
+        """The ``(N_s, F)`` rows of series ``s`` (a view)."""
+        if self._arrays is not None:
+            return self._arrays[s]
+        if self._offsets is None:
+            return self.data
+        start = int(self._row_starts[s])
+        return self.data[start : start + int(self.series_lengths[s])]
+
+    def __getitems__(self, indices: Sequence[int]):
+        """A whole batch for ``torch.utils.data.DataLoader``, gathered by one Numba kernel call.
+
+        Returns a :class:`fastbatch.compat.WindowBatch`, whose ``tensors`` are
+        ``(x, y[, series_ids])``; ``DataLoader(windows, batch_size=B,
+        collate_fn=fastbatch.collate)`` hands those out as the batch.  Negative
+        indices count from the end.
+        """
+        from fastbatch.compat import get_batch
+
+        return get_batch(self, indices)
+
     def __repr__(self) -> str:
+        if self._offsets is not None:
+            return (
+                f"SlidingWindows(n_windows={self._len}, n_series={self.n_series}, n_features={self.n_features}, "
+                f"window={self.window}, horizon={self.horizon}, stride={self.stride}, dilation={self.dilation}, "
+                f"dtype={self.dtype})"
+            )
         return (
             f"SlidingWindows(n_windows={self._len}, data_shape={tuple(self.data.shape[:1]) if self.univariate else self.data.shape}, "
             f"window={self.window}, horizon={self.horizon}, stride={self.stride}, dilation={self.dilation}, "
@@ -232,21 +410,31 @@ class SlidingWindows:
 
     # -- gather ---------------------------------------------------------------
     def kernel_data(self) -> np.ndarray:
-        """The ``(N, F)`` array the gather kernel reads (a view; float16 as its bits)."""
+        """The ``(N, F)`` array the gather kernel reads (a view; float16 as its bits).
+
+        For a list of series: the ``numba.typed.List`` of their ``(N_s, F)`` views.
+        """
+        if self._arrays is not None:
+            if self._typed_arrays is None:
+                self._typed_arrays = typed_series_list([_bits_view(a) for a in self._arrays])
+            return self._typed_arrays
         if self.data.dtype in _BITS_ONLY:
             return self.data.view(_BITS_ONLY[self.data.dtype])
         return self.data
 
     def gather(self, ids: np.ndarray, out_x: np.ndarray | None = None, out_y: np.ndarray | None = None,
-               *, mean: np.ndarray | None = None, std: np.ndarray | None = None):
+               *, mean: np.ndarray | None = None, std: np.ndarray | None = None,
+               series_out: np.ndarray | None = None):
         """Gather windows ``ids`` into contiguous ``(x, y)`` arrays of shape ``(n, *x_shape)``, ``(n, *y_shape)``.
 
         ``out_x``/``out_y`` (3-D ``(n, T, F)`` and ``(n, H, n_targets)``,
         contiguous) receive the windows when given, cast to their dtype;
         otherwise new arrays of :attr:`dtype` are allocated.  ``mean``/``std``
         (float64, one per feature) standardise every value in the same pass.
+        With :attr:`return_series_id` (or ``series_out``, int64 of length
+        ``n``) the series of each window comes back as a third array.
         """
-        from fastbatch.kernels import run_parallel, gather_windows
+        from fastbatch.kernels import gather_concatenated, gather_series_list, gather_windows, run_parallel
 
         ids = np.ascontiguousarray(ids)
         n = ids.shape[0]
@@ -254,12 +442,21 @@ class SlidingWindows:
             out_x = np.empty((n, self.window, self.n_features), dtype=self.dtype)
         if out_y is None:
             out_y = np.empty((n, self.horizon, self.n_targets), dtype=out_x.dtype)
-        if n:
-            run_parallel(
-                gather_windows, self.kernel_data(), ids, self.stride, self.dilation, self.window, self.horizon,
-                self.target_columns, _bits_view(out_x), _bits_view(out_y), mean, std,
-            )
-        return out_x.reshape((n, *self.x_shape)), out_y.reshape((n, *self.y_shape))
+        if series_out is None and self.return_series_id:
+            series_out = np.empty(n, dtype=np.int64)
+        geometry = (self.stride, self.dilation, self.window, self.horizon, self.target_columns,
+                    _bits_view(out_x), _bits_view(out_y))
+        if n and self._offsets is None:
+            run_parallel(gather_windows, self.kernel_data(), ids, *geometry, mean, std)
+            if series_out is not None:
+                series_out[:] = 0
+        elif n and self._arrays is not None:
+            run_parallel(gather_series_list, self.kernel_data(), self._offsets, ids, *geometry, series_out, mean, std)
+        elif n:
+            run_parallel(gather_concatenated, self.kernel_data(), self._row_starts, self._offsets, ids, *geometry,
+                         series_out, mean, std)
+        x, y = out_x.reshape((n, *self.x_shape)), out_y.reshape((n, *self.y_shape))
+        return (x, y) if series_out is None else (x, y, series_out)
 
 
 def _bits_view(array: np.ndarray) -> np.ndarray:
@@ -275,3 +472,13 @@ def _as_index(cols: np.ndarray):
     if np.all(steps == steps[0]) and steps[0] > 0:
         return slice(int(cols[0]), int(cols[-1]) + 1, int(steps[0]))
     return cols
+
+
+def _reopen_npy(path: str, kwargs: dict) -> SlidingWindows:
+    return SlidingWindows.from_npy(path, **kwargs)
+
+
+def _restore(cls, state: dict) -> SlidingWindows:
+    out = cls.__new__(cls)
+    out.__dict__.update(state)
+    return out

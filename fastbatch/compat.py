@@ -1,0 +1,87 @@
+"""torch.utils.data adapters: SlidingWindows as a map-style Dataset with whole-batch reads.
+
+``DataLoader(windows, batch_size=B, shuffle=True, collate_fn=fastbatch.collate)``
+asks ``windows.__getitems__(indices)`` for each batch (torch >= 2.1 does so
+whenever a dataset has that method), which gathers the ``B`` windows in one
+Numba kernel call into a :class:`WindowBatch`; ``collate`` hands its tensors
+through untouched.  A WindowBatch is also a sequence of its windows, so with
+torch's ``default_collate`` (no ``collate_fn``) the batch is still right,
+only restacked window by window.
+
+The per-window path (``windows[i]``, then ``default_collate``) still works,
+for samplers or wrappers that ask one index at a time; ``collate`` then falls
+back to ``default_collate``.  See docs/integration.md for when to use this
+adapter and when :class:`fastbatch.WindowLoader` is the better tool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as _Sequence
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from fastbatch._checks import _show
+
+
+class WindowBatch(_Sequence):
+    """A batch gathered by ``SlidingWindows.__getitems__``: ``tensors`` is ``(x, y[, series_ids])``.
+
+    As a sequence it holds one ``(x_i, y_i[, s_i])`` per window, which is
+    what torch's ``default_collate`` expects from a dataset; :func:`collate`
+    skips that and returns ``tensors`` as they are.
+    """
+
+    __slots__ = ("tensors",)
+
+    def __init__(self, tensors: tuple) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return int(self.tensors[0].shape[0])
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        return tuple(t[i] for t in self.tensors)
+
+    def __repr__(self) -> str:
+        return f"WindowBatch({len(self)} windows, shapes={[tuple(t.shape) for t in self.tensors]})"
+
+
+def get_batch(windows, indices: Sequence[int]) -> WindowBatch:
+    """The windows ``indices`` as one :class:`WindowBatch` of torch tensors (``SlidingWindows.__getitems__``)."""
+    try:
+        ids = np.asarray(indices)
+    except Exception:
+        ids = None
+    if ids is None or ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+        raise TypeError(f"window indices must be a list of integers, got {_show(indices)}")
+    n = len(windows)
+    ids = ids.astype(np.int64)
+    if ids.size and (ids.min() < -n or ids.max() >= n):
+        bad = ids[(ids < -n) | (ids >= n)][0]
+        raise IndexError(f"window index {int(bad)} is out of range for {n} windows")
+    # The kernel reads without bounds checks: only valid, non-negative ids reach it.
+    ids = np.where(ids < 0, ids + n, ids)
+    ids = ids.astype(np.int32) if n < 2**31 else ids
+    out = windows.gather(ids)
+    return WindowBatch(tuple(torch.from_numpy(a) for a in out))
+
+
+def collate(batch: Any) -> Any:
+    """``collate_fn`` for ``DataLoader`` over :class:`~fastbatch.SlidingWindows`.
+
+    A :class:`WindowBatch` from ``SlidingWindows.__getitems__`` becomes its
+    tuple ``(x, y[, series_ids])`` of tensors, with no copy; a tuple of
+    tensors passes as it is; a list of single windows (the per-window path)
+    goes through ``torch.utils.data.default_collate``.
+    """
+    if isinstance(batch, WindowBatch):
+        return batch.tensors
+    if isinstance(batch, tuple) and all(isinstance(t, torch.Tensor) for t in batch):
+        return batch
+    from torch.utils.data import default_collate
+
+    return default_collate(batch)

@@ -1,0 +1,69 @@
+"""Loader checkpoints: a small JSON-serialisable state and the geometry it belongs to.
+
+An epoch's order is a pure function of ``(seed, epoch, rank, world_size)``, so
+a checkpoint needs only the seed, the epoch and the number of batches already
+delivered; resuming computes the remaining ids from that position, it never
+replays the batches before it.  The fingerprint guards against resuming
+with a loader whose batches would be different ones.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from fastbatch._checks import _show, check_int, check_seed
+
+FORMAT = "fastbatch.WindowLoader/1"
+
+
+def fingerprint(loader) -> dict[str, Any]:
+    """What fixes the batches of an epoch apart from ``(seed, epoch)``: geometry, batching, order, world size.
+
+    The rank is left out on purpose: every rank is at the same position, so a
+    state saved by rank 0 (as Lightning and most DDP scripts do) resumes any rank.
+    """
+    w = loader.windows
+    spec = loader.order
+    return {
+        "n_windows": len(w),
+        "window": w.window,
+        "horizon": w.horizon,
+        "stride": w.stride,
+        "dilation": w.dilation,
+        "n_features": w.n_features,
+        "target_columns": [int(c) for c in w.target_columns],
+        "n_series": w.n_series,
+        # A checksum, not the lengths: the state stays small for millions of series.
+        "series_lengths_crc32": zlib.crc32(w.series_lengths.astype("<i8").tobytes()),
+        "batch_size": loader.batch_size,
+        "drop_last": loader.drop_last,
+        "order": spec.kind if spec.kind != "block" else f"block({spec.block_windows},{spec.pool_blocks})",
+        "world_size": loader.world_size,
+    }
+
+
+def make_state(loader, epoch: int, position: int) -> dict[str, Any]:
+    return {"format": FORMAT, "seed": loader.seed, "epoch": epoch, "position": position,
+            "fingerprint": fingerprint(loader)}
+
+
+def check_state(loader, state: Any) -> tuple[int, int, int]:
+    """``(seed, epoch, position)`` of ``state``, or a ValueError saying why it does not fit ``loader``."""
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"not a WindowLoader state (expected a dict with format={FORMAT!r}), got {_show(state)}")
+    missing = [k for k in ("seed", "epoch", "position", "fingerprint") if k not in state]
+    if missing:
+        raise ValueError(f"WindowLoader state lacks {missing}")
+    saved, here = state["fingerprint"], fingerprint(loader)
+    if saved != here:
+        keys = sorted(set(saved) | set(here))
+        diffs = [f"{k}: saved {saved.get(k)!r}, this loader {here.get(k)!r}" for k in keys if saved.get(k) != here.get(k)]
+        raise ValueError(
+            "this state was saved by a loader with different windows or batching, so its position means other "
+            "batches here; build the loader with the same arguments. Differences: " + "; ".join(diffs)
+        )
+    seed = check_seed(state["seed"])
+    epoch = check_int("epoch", state["epoch"], minimum=0)
+    position = check_int("position", state["position"], minimum=0, maximum=loader.n_batches)
+    return seed, epoch, position
