@@ -101,7 +101,7 @@ class DeviceWindows:
 
     def gather(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = self.windows
-        starts = ids.to(torch.int64) * w.stride
+        starts = ids.to(torch.int64) * w._kernel_stride
         x = self.data[starts[:, None] + self.x_offsets]
         y = self.data[starts[:, None] + self.y_offsets]
         if self.columns is not None:

@@ -119,6 +119,31 @@ def gather_windows(data, ids, stride, dilation, window, horizon, target_columns,
 # -- many series ----------------------------------------------------------------
 
 
+@jit(parallel=True)
+def gather_runs(flat, ids, step, run_x, run_y, out_x, out_y):
+    """The contiguous case of :func:`gather_windows`, as runs of elements.
+
+    When the data is C-contiguous, ``dilation == 1`` and the target is every
+    feature in order, window ``b``'s input is the ``run_x = T * F`` elements of
+    the flat data from ``s = ids[b] * step`` (``step = stride * F``) and its
+    target the next ``run_y = H * F``::
+
+        out_x[b] = flat[s : s + run_x]
+        out_y[b] = flat[s + run_x : s + run_x + run_y]
+
+    One unit-stride loop per window instead of one per step: LLVM turns it into
+    wide loads and stores.  ``out_x``/``out_y`` are ``(n, run_x)`` and
+    ``(n, run_y)``; the cast to their dtype happens in the same pass.
+    """
+    n = ids.shape[0]
+    for b in prange(n):
+        s = np.int64(ids[b]) * step
+        # Slice assignment compiles to one strided-copy loop that LLVM
+        # vectorises better than an explicit index loop (measured: ~1.4x).
+        out_x[b, :] = flat[s : s + run_x]
+        out_y[b, :] = flat[s + run_x : s + run_x + run_y]
+
+
 @jit()
 def _copy_window(src, row, b, dilation, window, horizon, target_columns, out_x, out_y, mean, std):
     """``out_x[b]``/``out_y[b]`` <- the window of ``src`` whose first input step is ``row``."""

@@ -33,9 +33,24 @@ from fastbatch.windows import SlidingWindows, _resolve_dtype
 # small enough to stay in cache for the consumer.  Chosen with
 # ``python -m bench.speed`` (docs/performance.md).
 CHUNK_BYTES = 1 << 21
+# Handing a chunk from the producer thread to the consumer costs tens of
+# microseconds (a condition-variable wake-up and two GIL transfers), so a chunk
+# holds at least this many batches, within MAX_CHUNK_BYTES.
+MIN_CHUNK_BATCHES = 4
+MAX_CHUNK_BYTES = 1 << 25
 # The device-resident gather launches a few kernels per chunk; bigger chunks
 # amortise the launches.
 DEVICE_CHUNK_BYTES = 1 << 25
+
+
+def _chunk_batches(batch_bytes: int, n_batches: int, device_resident: bool) -> int:
+    """Batches gathered per kernel call (see CHUNK_BYTES and MIN_CHUNK_BATCHES)."""
+    batch_bytes = max(1, batch_bytes)
+    if device_resident:
+        wanted = DEVICE_CHUNK_BYTES // batch_bytes
+    else:
+        wanted = min(max(MIN_CHUNK_BATCHES, CHUNK_BYTES // batch_bytes), MAX_CHUNK_BYTES // batch_bytes)
+    return max(1, min(n_batches, wanted))
 
 
 @dataclass
@@ -166,8 +181,9 @@ class WindowLoader:
         # This rank's windows per epoch: all of them for one process.
         n = self._shard = shard_size(len(windows), self.world_size, self.drop_last)
         self.n_batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-        chunk_bytes = DEVICE_CHUNK_BYTES if self.placement == "device" else CHUNK_BYTES
-        self._chunk_batches = max(1, min(self.n_batches, chunk_bytes // max(1, self.batch_size * windows.window_nbytes)))
+        self._chunk_batches = _chunk_batches(
+            self.batch_size * windows.window_nbytes, self.n_batches, self.placement == "device"
+        )
         self._chunk_windows = min(self._chunk_batches * self.batch_size, max(1, n))
         self._depth = max(1, -(-self.prefetch // self._chunk_batches))
         self._staging: HostPool | PinnedRing | None = None
@@ -274,11 +290,21 @@ class WindowLoader:
             if cuda:
                 yield self._copy_to_device(buf, n, series)
             else:
-                x = _as_batch(torch.from_numpy(buf.x[:n]), w.univariate, self.dtype)
-                y = _as_batch(torch.from_numpy(buf.y[:n]), w.univariate, self.dtype)
-                del buf
+                xs, ys = buf.batch_views(n, self.batch_size, self._as_batches)
                 s = () if series is None else torch.from_numpy(series).split(self.batch_size)
-                yield _Chunk(x.split(self.batch_size), y.split(self.batch_size), series=s)
+                chunk = _Chunk(xs, ys, series=s)
+                # The buffer stays leased while this chunk lives: queued, or
+                # being handed out.  Cached views that wait in the queue hold
+                # no extra reference a count could see.
+                buf.lease = weakref.ref(chunk)
+                del buf, xs, ys
+                yield chunk
+                del chunk
+
+    def _as_batches(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gathered arrays as the chunk's batch tensors (views unless a bfloat16 cast copies)."""
+        univariate = self.windows.univariate
+        return _as_batch(torch.from_numpy(x), univariate, self.dtype), _as_batch(torch.from_numpy(y), univariate, self.dtype)
 
     def _copy_to_device(self, buf, n: int, series: np.ndarray | None = None) -> _Chunk:
         # The copy runs on the loader's side stream; the consumer's stream waits
@@ -340,6 +366,7 @@ class _EpochIterator:
         self._progress = _Progress(epoch, 0) if progress is None else progress
         start = self._progress.position
         self._batches: Iterator = iter(())
+        self._chunk: _Chunk | None = None
         self._closed = False
         self._superseded = False
         self._cuda = loader.device if loader.device.type == "cuda" else None
@@ -390,6 +417,9 @@ class _EpochIterator:
                 # allocator from reusing the memory before that use is done.
                 base.record_stream(stream)
         self._batches = zip(chunk.xs, chunk.ys, chunk.series) if chunk.series else zip(chunk.xs, chunk.ys)
+        # Holding the chunk keeps its staging buffer leased until every batch
+        # of it has been handed out (NOTE [ Staging, streams and shutdown ]).
+        self._chunk = chunk
         return next(self._batches)
 
     def close(self, superseded: bool = False) -> None:
@@ -399,6 +429,7 @@ class _EpochIterator:
         self._closed = True
         self._superseded = superseded
         self._batches = iter(())
+        self._chunk = None
         chunks, self._chunks = self._chunks, iter(())
         close = getattr(chunks, "close", None)
         if close is not None:

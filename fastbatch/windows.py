@@ -191,6 +191,17 @@ class SlidingWindows:
         self.dtype = _resolve_dtype("dtype", dtype, array.dtype)
         self.target_columns = _resolve_targets(target_columns, self.n_features, self.univariate)
         self._init_counts(lengths)
+        # A stride past the end allows window 0 only; clamping it keeps the
+        # kernels' index arithmetic in int64 for any integer the user gives.
+        self._kernel_stride = min(self.stride, self.data.shape[0])
+        # Windows that are contiguous runs of the flat data take gather_runs.
+        self._runs = (
+            self._offsets is None
+            and isinstance(self.data, np.ndarray)
+            and self.data.flags.c_contiguous
+            and self.dilation == 1
+            and np.array_equal(self.target_columns, np.arange(self.n_features))
+        )
 
     def _init_counts(self, lengths: Any) -> None:
         """Series lengths, row starts and window offsets of the series; the number of windows."""
@@ -434,7 +445,7 @@ class SlidingWindows:
         With :attr:`return_series_id` (or ``series_out``, int64 of length
         ``n``) the series of each window comes back as a third array.
         """
-        from fastbatch.kernels import gather_concatenated, gather_series_list, gather_windows, run_parallel
+        from fastbatch.kernels import gather_concatenated, gather_runs, gather_series_list, gather_windows, run_parallel
 
         ids = np.ascontiguousarray(ids)
         n = ids.shape[0]
@@ -444,9 +455,16 @@ class SlidingWindows:
             out_y = np.empty((n, self.horizon, self.n_targets), dtype=out_x.dtype)
         if series_out is None and self.return_series_id:
             series_out = np.empty(n, dtype=np.int64)
-        geometry = (self.stride, self.dilation, self.window, self.horizon, self.target_columns,
+        geometry = (self._kernel_stride, self.dilation, self.window, self.horizon, self.target_columns,
                     _bits_view(out_x), _bits_view(out_y))
-        if n and self._offsets is None:
+        if n and self._offsets is None and mean is None and self._runs:
+            flat = self.kernel_data().reshape(-1)
+            step, run_x = self._kernel_stride * self.n_features, self.window * self.n_features
+            run_parallel(gather_runs, flat, ids, step, run_x, self.horizon * self.n_features,
+                         geometry[5].reshape(n, -1), geometry[6].reshape(n, -1))
+            if series_out is not None:
+                series_out[:] = 0
+        elif n and self._offsets is None:
             run_parallel(gather_windows, self.kernel_data(), ids, *geometry, mean, std)
             if series_out is not None:
                 series_out[:] = 0

@@ -124,3 +124,36 @@ def test_shuffled_order_is_uniform_over_positions():
         counts[np.arange(n), shuffled_kernel(n, key * 0x1234567)] += 1
     expected = keys / n  # 1000, standard deviation about 28
     assert np.abs(counts - expected).max() < 150, counts
+
+
+@given(gather_cases(layouts_2d=("C",), layouts_1d=("C",)), st.sampled_from([np.float64, np.int32]))
+def test_gather_runs_equals_the_reference_for_contiguous_windows(case, source_dtype):
+    """The run-copy kernel (C-contiguous data, dilation 1, all targets) against the reference."""
+    from fastbatch.kernels import gather_runs
+
+    values, _, geometry, ids = case
+    geometry = dict(geometry, dilation=1, target_columns=None)
+    values = values.astype(source_dtype)
+    count = reference_count(values.shape[0], **{k: v for k, v in geometry.items() if k != "target_columns"})
+    if count < 1:
+        return
+    ids = ids % count
+    flat = values.reshape(-1)
+    n_features = 1 if values.ndim == 1 else values.shape[1]
+    out_x = np.full((len(ids), geometry["window"] * n_features), -7, dtype=np.float32)
+    out_y = np.full((len(ids), geometry["horizon"] * n_features), -7, dtype=np.float32)
+    gather_runs(flat, ids, geometry["stride"] * n_features, geometry["window"] * n_features,
+                geometry["horizon"] * n_features, out_x, out_y)
+    ex, ey = reference_gather(values, ids, dtype=np.float32, **geometry)
+    np.testing.assert_array_equal(out_x, ex.reshape(len(ids), -1))
+    np.testing.assert_array_equal(out_y, ey.reshape(len(ids), -1))
+
+
+def test_a_stride_beyond_int64_still_gives_its_one_window():
+    import fastbatch as fb
+
+    w = fb.SlidingWindows(np.arange(20.0), window=5, stride=2**70)
+    assert len(w) == 1
+    x, y = w.gather(np.array([0]))
+    np.testing.assert_array_equal(x[0], np.arange(5.0))
+    np.testing.assert_array_equal(y[0], [5.0])

@@ -260,3 +260,65 @@ def test_interpreter_exit_mid_epoch_does_not_hang(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "exiting" in out.stdout
     assert time.monotonic() - start < 60
+
+
+def _reference_epoch(windows, **kwargs):
+    loader = fb.WindowLoader(windows, prefetch=0, **kwargs)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+_HOLDERS = {
+    "batch": (lambda x: x, lambda kept, ex: torch.equal(kept, ex)),
+    "slice": (lambda x: x[2:5], lambda kept, ex: torch.equal(kept, ex[2:5])),
+    "reshaped": (lambda x: x.view(-1), lambda kept, ex: torch.equal(kept, ex.view(-1))),
+    "numpy": (lambda x: x.numpy(), lambda kept, ex: np.array_equal(kept, ex.numpy())),
+    "storage": (
+        lambda x: (x.untyped_storage(), x.storage_offset(), x.numel()),
+        lambda kept, ex: torch.equal(
+            torch.tensor([], dtype=torch.float32).set_(kept[0], kept[1], (kept[2],)), ex.reshape(-1)
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("holder", sorted(_HOLDERS))
+@pytest.mark.parametrize("prefetch", [0, 8])
+def test_cached_batch_views_are_never_rewritten_while_anything_holds_them(prefetch, holder, monkeypatch):
+    """Tiny batches reuse their views; each way of holding one must block the reuse on its own."""
+    import fastbatch.loader as loader_module
+
+    monkeypatch.setattr(loader_module, "CHUNK_BYTES", 8 << 10)  # many small chunks, many reuses
+    data = np.random.default_rng(4).random(60_000, dtype=np.float32)
+    w = fb.SlidingWindows(data, window=10)
+    kwargs = dict(batch_size=32, shuffle=True, seed=2)
+    expected = _reference_epoch(w, **kwargs)
+    hold, same = _HOLDERS[holder]
+    loader = fb.WindowLoader(w, prefetch=prefetch, **kwargs)
+    held = {}
+    for k, (x, _y) in enumerate(loader):
+        if k % 23 == 0:  # one batch in a few chunks: nothing else keeps those chunks busy
+            held[k] = hold(x)
+        if k % 50 == 0:
+            time.sleep(0.001)  # let the producer run ahead and try to reuse
+    loader.set_epoch(1)
+    for _ in loader:  # a second epoch over the same buffers
+        pass
+    assert held
+    for k, kept in held.items():
+        assert same(kept, expected[k][0]), f"batch {k} held as {holder} was overwritten"
+
+
+def test_without_the_storage_counter_views_are_made_per_chunk(monkeypatch):
+    import fastbatch.staging as staging
+
+    monkeypatch.setattr(staging, "_storage_use_count", None)
+    data = np.random.default_rng(5).random(20_000, dtype=np.float32)
+    w = fb.SlidingWindows(data, window=10)
+    kept = list(fb.WindowLoader(w, batch_size=16, shuffle=True, seed=1))
+    expected = _reference_epoch(w, batch_size=16, shuffle=True, seed=1)
+    assert all(torch.equal(x, ex) for (x, _), (ex, _) in zip(kept, expected))
+    loader = fb.WindowLoader(w, batch_size=16, shuffle=True, seed=1)
+    for _ in range(3):
+        for _batch in loader:
+            pass
+    assert all(buf.views is None for buf in loader._staging.buffers)
