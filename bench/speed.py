@@ -116,9 +116,14 @@ def _epochs(gen: Callable, data: np.ndarray, s: Setting) -> Callable:
 
 def measure_setting(s: Setting, data: np.ndarray, *, repeats: int, target_s: float) -> dict:
     """Every method on one setting, their timed spans interleaved (see :func:`bench.baselines.measure_many`)."""
-    loader = fb.WindowLoader(fb.SlidingWindows(data, window=s.window, horizon=s.horizon),
-                             batch_size=s.batch, shuffle=True, seed=0)
-    streams = {("fastbatch", None): bl.BatchStream(lambda: loader, skip=_prefetched(loader))}
+    windows = fb.SlidingWindows(data, window=s.window, horizon=s.horizon)
+    streams = {}
+    # Like the DataLoader's best of num_workers 0 and 2: the best of prefetch
+    # 0 (gather in the caller's thread) and 2 (a producer thread).  With no
+    # training step to hide behind, the thread only adds hand-offs on 2 cores.
+    for prefetch in (0, 2):
+        loader = fb.WindowLoader(windows, batch_size=s.batch, shuffle=True, seed=0, prefetch=prefetch)
+        streams[("fastbatch", prefetch)] = bl.BatchStream(lambda loader=loader: loader, skip=_prefetched(loader))
     dataloaders = []
     for name, dataset, collate in (
         ("dataloader", bl.WindowDataset(data, s.window, s.horizon), None),
@@ -146,8 +151,8 @@ def measure_setting(s: Setting, data: np.ndarray, *, repeats: int, target_s: flo
             out[method] = _summary(mine[None], s)
         else:
             best = max(mine, key=lambda w: mine[w].samples_per_s)
-            out[method] = _summary(mine[best], s, workers=best,
-                                   by_workers={w: m.samples_per_s for w, m in mine.items()})
+            knob = "prefetch" if method == "fastbatch" else "workers"
+            out[method] = _summary(mine[best], s, **{knob: best, f"by_{knob}": {w: m.samples_per_s for w, m in mine.items()}})
         _log(s, method, out[method])
     return out
 
@@ -315,7 +320,7 @@ def _rows(results: dict) -> list[list[str]]:
     for name, res in results["settings"].items():
         for method, label in METHODS.items():
             r = res["methods"][method]
-            extra = f" [workers={r['workers']}]" if "workers" in r else ""
+            extra = "".join(f" [{knob}={r[knob]}]" for knob in ("workers", "prefetch") if knob in r)
             ratio = res["methods"]["fastbatch"]["samples_per_s"] / r["samples_per_s"]
             rows.append([name, label + extra, _fmt_rate(r["samples_per_s"]), f"{r['gb_per_s']:.2f}",
                          f"{r['first_batch_s'] * 1e3:.1f}", f"{ratio:.1f}x"])
@@ -393,7 +398,7 @@ def _log_copy(s: Setting, r: dict) -> None:
 
 
 def _log(s: Setting, method: str, r: dict) -> None:
-    extra = f" workers={r['workers']}" if "workers" in r else ""
+    extra = "".join(f" {knob}={r[knob]}" for knob in ("workers", "prefetch") if knob in r)
     print(f"  {s.name:9s} {method:18s} {_fmt_rate(r['samples_per_s']):>9s} samples/s  "
           f"{r['gb_per_s']:6.2f} GB/s  first {r['first_batch_s'] * 1e3:7.1f} ms{extra}", file=sys.stderr, flush=True)
 
