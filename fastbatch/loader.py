@@ -26,6 +26,7 @@ from fastbatch.order import EpochOrder, resolve_order, shard_size
 from fastbatch.prefetch import Prefetcher
 from fastbatch.resume import check_state, make_state
 from fastbatch.staging import HostPool, PinnedRing
+from fastbatch.threads import GatherThreads
 from fastbatch.windows import SlidingWindows, _resolve_dtype
 
 # Bytes of windows gathered per kernel call on the host path: large enough
@@ -126,6 +127,11 @@ class WindowLoader:
         and the same number of batches: ``drop_last=True`` drops the tail,
         otherwise the shortfall is padded with the epoch's first windows
         (``DistributedSampler``'s rules).
+    num_threads:
+        Threads of the gather kernel.  ``None`` (default): the loader times
+        its gathers and uses all of Numba's threads or one, whichever is
+        faster at the moment (one wins when the training step or another
+        process keeps cores busy); an integer fixes the count.
 
     Each ``iter(loader)`` runs epoch :attr:`epoch` and then advances it by one,
     so consecutive epochs are shuffled differently; :meth:`set_epoch` sets the
@@ -152,6 +158,7 @@ class WindowLoader:
         order: Any = None,
         rank: int | None = None,
         world_size: int | None = None,
+        num_threads: int | None = None,
     ) -> None:
         if not isinstance(windows, SlidingWindows):
             raise TypeError(f"windows must be a fastbatch.SlidingWindows, got {type(windows).__name__}")
@@ -164,6 +171,7 @@ class WindowLoader:
         self.rank, self.world_size = resolve_ranks(rank, world_size)
         self.seed = secrets.randbits(63) if seed is None else check_seed(seed)
         self.prefetch = check_int("prefetch", prefetch, minimum=0)
+        self._threads = GatherThreads(num_threads)
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {_show(placement)}")
         self.device = resolve_device(device)
@@ -286,7 +294,8 @@ class WindowLoader:
             buf = staging.take(n)
             # A small array per chunk, handed out as views: 8 bytes a window.
             series = np.empty(n, dtype=np.int64) if w.return_series_id else None
-            w.gather(ids, buf.x[:n], buf.y[:n], mean=self._mean, std=self._std, series_out=series)
+            with self._threads.run(n * w.window_nbytes):
+                w.gather(ids, buf.x[:n], buf.y[:n], mean=self._mean, std=self._std, series_out=series)
             if cuda:
                 yield self._copy_to_device(buf, n, series)
             else:
