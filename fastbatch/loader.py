@@ -294,6 +294,7 @@ class WindowLoader:
             buf = staging.take(n)
             # A small array per chunk, handed out as views: 8 bytes a window.
             series = np.empty(n, dtype=np.int64) if w.return_series_id else None
+            w.check_source()
             with self._threads.run(n * w.window_nbytes):
                 w.gather(ids, buf.x[:n], buf.y[:n], mean=self._mean, std=self._std, series_out=series)
             if cuda:

@@ -8,6 +8,7 @@ data: the object holds the array (a view of it) and a handful of integers.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,7 +41,7 @@ def _as_numpy(data: Any) -> np.ndarray:
         return data.detach().numpy()
     raise TypeError(
         f"data must be a numpy array, np.memmap or CPU torch tensor of shape (N,) or (N, F), "
-        f"got {type(data).__name__}"
+        f"got {_show(data)} of type {type(data).__name__}"
     )
 
 
@@ -180,7 +181,10 @@ class SlidingWindows:
         self._typed_arrays = None
         if isinstance(data, (list, tuple)):
             if lengths is not None:
-                raise ValueError("lengths= splits one array of series laid end to end; a list of series has its own lengths")
+                raise ValueError(
+                    f"lengths= splits one array of series laid end to end; a list of series has its own lengths, "
+                    f"got lengths={_show(lengths)} with a list of {len(data)} series"
+                )
             array = self._init_series_list(data)
         else:
             array = _checked_array(data, "data")
@@ -194,6 +198,7 @@ class SlidingWindows:
         # A stride past the end allows window 0 only; clamping it keeps the
         # kernels' index arithmetic in int64 for any integer the user gives.
         self._kernel_stride = min(self.stride, self.data.shape[0])
+        self._source = _file_identity(self.data) if self._arrays is None else None
         # Windows that are contiguous runs of the flat data take gather_runs.
         self._runs = (
             self._offsets is None
@@ -202,6 +207,28 @@ class SlidingWindows:
             and self.dilation == 1
             and np.array_equal(self.target_columns, np.arange(self.n_features))
         )
+
+    def check_source(self) -> None:
+        """Raise if the memory-mapped file under the data has shrunk since the windows were made.
+
+        Reading a page past the end of a truncated mapping kills the process
+        with SIGBUS (numpy's own reads do too), so the loader calls this before
+        each chunk and turns the common case into a clear error.  A file
+        replaced by a rename keeps the old contents mapped and is not an error.
+        A truncation between this check and the read still ends in SIGBUS.
+        """
+        if self._source is None:
+            return
+        path, device, inode, size = self._source
+        try:
+            now = os.stat(path)
+        except OSError:
+            return  # removed: the mapping keeps the old inode alive
+        if (now.st_dev, now.st_ino) == (device, inode) and now.st_size < size:
+            raise RuntimeError(
+                f"the memory-mapped file {path!r} under these windows shrank from {size} to {now.st_size} "
+                "bytes while they were in use; replace data files by writing a new file and renaming it"
+            )
 
     def _init_counts(self, lengths: Any) -> None:
         """Series lengths, row starts and window offsets of the series; the number of windows."""
@@ -215,15 +242,19 @@ class SlidingWindows:
         else:
             series_lengths = np.array([n_steps], dtype=np.int64)
         self.series_lengths = series_lengths
-        if self._row_starts is not None:
-            self._offsets = window_offsets(window_counts(series_lengths, self.span, self.stride))
         if int(series_lengths.max()) < self.span:
-            which = "data is" if self._offsets is None else "every series is"
-            steps = f"{n_steps} steps" if self._offsets is None else f"the longest has {int(series_lengths.max())} steps"
+            which = "data is" if self._row_starts is None else "every series is"
+            steps = f"{n_steps} steps" if self._row_starts is None else f"the longest has {int(series_lengths.max())} steps"
             raise ValueError(
                 f"{which} too short for one window: {steps}, but window={self.window}, "
                 f"horizon={self.horizon}, dilation={self.dilation} need {self.span}"
             )
+        if self._row_starts is not None:
+            # After the check above: span and the clamped stride fit in int64,
+            # whatever integers the user gave (a stride past the end means one
+            # window per long-enough series, as the clamp keeps).
+            stride = min(self.stride, n_steps)
+            self._offsets = window_offsets(window_counts(series_lengths, self.span, stride))
         if self._offsets is None:
             self._len = (n_steps - self.span) // self.stride + 1
         else:
@@ -270,8 +301,23 @@ class SlidingWindows:
         """
         import os
 
-        path = os.fspath(path)
-        out = cls(np.load(path, mmap_mode="r"), **kwargs)
+        try:
+            path = os.fspath(path)
+        except TypeError:
+            raise TypeError(
+                f"path must be a str or os.PathLike naming a .npy file, got {_show(path)} of type {type(path).__name__}"
+            ) from None
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (ValueError, EOFError) as error:  # not a .npy header, or object dtype (cannot be mapped)
+            raise ValueError(f"path={path!r} is not a .npy file of numbers that can be memory-mapped: {error}") from None
+        if not isinstance(array, np.ndarray):
+            array.close()
+            raise ValueError(
+                f"path={path!r} is an .npz archive, not a .npy file; pass one of its arrays instead: "
+                "SlidingWindows(np.load(path)[name], ...)"
+            )
+        out = cls(array, **kwargs)
         out._npy = (path, kwargs)
         return out
 
@@ -475,6 +521,21 @@ class SlidingWindows:
                          series_out, mean, std)
         x, y = out_x.reshape((n, *self.x_shape)), out_y.reshape((n, *self.y_shape))
         return (x, y) if series_out is None else (x, y, series_out)
+
+
+def _file_identity(array: np.ndarray) -> tuple[str, int, int, int] | None:
+    """(path, device, inode, size) of the file a memory-mapped array reads, else None."""
+    a: Any = array
+    while isinstance(a, np.ndarray):
+        path = getattr(a, "filename", None)
+        if isinstance(a, np.memmap) and path:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            return (os.fspath(path), st.st_dev, st.st_ino, st.st_size)
+        a = a.base
+    return None
 
 
 def _bits_view(array: np.ndarray) -> np.ndarray:
