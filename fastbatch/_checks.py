@@ -11,7 +11,7 @@ from typing import Any
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = " ".join(repr(value).split())  # one line, even for a numpy array
     return text if len(text) <= 80 else text[:77] + "..."
 
 

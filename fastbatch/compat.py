@@ -80,8 +80,21 @@ def collate(batch: Any) -> Any:
     """
     if isinstance(batch, WindowBatch):
         return batch.tensors
-    if isinstance(batch, tuple) and all(isinstance(t, torch.Tensor) for t in batch):
+    if isinstance(batch, tuple) and batch and all(isinstance(t, torch.Tensor) for t in batch):
         return batch
+    if not isinstance(batch, (list, tuple)) or not batch or any(isinstance(b, WindowBatch) for b in batch):
+        # A list of WindowBatches would be restacked window by window into a
+        # wrong structure: each DataLoader batch is already one WindowBatch.
+        raise TypeError(
+            "batch must be a WindowBatch from SlidingWindows.__getitems__, a tuple of tensors or a non-empty "
+            f"list of windows (x, y[, series]), got {_show(batch)} of type {type(batch).__name__}"
+        )
     from torch.utils.data import default_collate
 
-    return default_collate(batch)
+    try:
+        return default_collate(batch)
+    except (TypeError, RuntimeError) as error:
+        kind = TypeError if isinstance(error, TypeError) else ValueError
+        raise kind(
+            f"batch must be a list of windows (x, y[, series]) of one shape, got {_show(batch)}: {error}"
+        ) from error

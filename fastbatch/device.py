@@ -33,7 +33,8 @@ def resolve_device(device: Any) -> torch.device:
             ) from None
     if not isinstance(device, torch.device):
         raise TypeError(
-            f"device must be None, 'cpu', 'cuda', 'cuda:N' or a torch.device, got {type(device).__name__}"
+            f"device must be None, 'cpu', 'cuda', 'cuda:N' or a torch.device, "
+            f"got {_show(device)} of type {type(device).__name__}"
         )
     if device.type == "cpu":
         return torch.device("cpu")

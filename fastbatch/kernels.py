@@ -335,3 +335,80 @@ def epoch_ids(out, start, n, rank, world_size, kind, key, block_windows, pool_bl
         else:
             v = block_index(g, un, key, block_windows, pool_blocks, n_blocks, block_bits, block_shift, offset)
         out[j] = v
+
+
+# -- NaN check ---------------------------------------------------------------------
+
+
+@jit()
+def _first_nan_in_series(src, n_windows, stride, dilation, window, horizon, is_target, nan_mask, inf_bits):
+    """The first of the ``n_windows`` windows of one series holding a NaN, or ``n_windows`` if none.
+
+    ``src`` is the series' ``(L, F)`` rows read as unsigned integers of the
+    float's width, so one kernel serves float16, 32 and 64: a value is NaN
+    when ``bits & nan_mask > inf_bits`` (exponent all ones, fraction not zero).
+    Rows are read once, in order: a NaN in row ``r`` is input step ``t`` of
+    the window starting at ``r - t * dilation`` (when that is a window start)
+    and a target step of the windows whose target ``[e, e + horizon)`` covers
+    ``r`` (target columns only).  Rows past the end of the best window found
+    cannot give an earlier one, so the scan stops there.
+    """
+    reach = (window - 1) * dilation
+    best = n_windows
+    last_row = min(src.shape[0], (n_windows - 1) * stride + reach + horizon + 1)
+    for r in range(last_row):
+        if best < n_windows and r > best * stride + reach + horizon:
+            break
+        in_x = False
+        in_y = False
+        for f in range(src.shape[1]):
+            if (np.uint64(src[r, f]) & nan_mask) > inf_bits:
+                in_x = True
+                if is_target[f]:
+                    in_y = True
+                    break
+        if in_x:
+            # The largest step t gives the earliest window start.
+            for t in range(min(window - 1, r // dilation), -1, -1):
+                s = r - t * dilation
+                if s % stride == 0:
+                    best = min(best, s // stride)
+                    break
+        if in_y and r >= reach + 1:
+            lo = max(0, r - reach - horizon)
+            i = (lo + stride - 1) // stride
+            if i * stride <= r - reach - 1:
+                best = min(best, i)
+    return best
+
+
+@jit()
+def first_nan_window(data, row_bounds, offsets, stride, dilation, window, horizon, is_target, nan_mask, inf_bits):
+    """The first window id whose input or target holds a NaN, or -1.
+
+    ``data`` is ``(N, F)`` unsigned-integer bits (see :func:`_first_nan_in_series`);
+    series ``s`` is rows ``row_bounds[s]:row_bounds[s + 1]`` and owns window
+    ids ``offsets[s]:offsets[s + 1]`` (one series: ``[0, N]`` and ``[0, n]``).
+    Reference: ``tests/test_properties.py::reference_find_nan``.
+    """
+    for s in range(row_bounds.shape[0] - 1):
+        n_windows = offsets[s + 1] - offsets[s]
+        if n_windows > 0:
+            i = _first_nan_in_series(data[row_bounds[s] : row_bounds[s + 1]], n_windows, stride, dilation, window,
+                                     horizon, is_target, nan_mask, inf_bits)
+            if i < n_windows:
+                return offsets[s] + i
+    return -1
+
+
+@jit()
+def first_nan_window_list(arrays, offsets, stride, dilation, window, horizon, is_target, nan_mask, inf_bits):
+    """:func:`first_nan_window` over a ``numba.typed.List`` of ``(N_s, F)`` series."""
+    for s in range(len(arrays)):
+        n_windows = offsets[s + 1] - offsets[s]
+        if n_windows > 0:
+            i = _first_nan_in_series(arrays[s], n_windows, stride, dilation, window, horizon, is_target,
+                                     nan_mask, inf_bits)
+            if i < n_windows:
+                return offsets[s] + i
+    return -1

@@ -21,7 +21,7 @@ import torch
 from fastbatch._checks import _show, check_bool, check_int, check_seed
 from fastbatch.device import PLACEMENTS, DeviceWindows, choose_placement, resolve_device
 from fastbatch.distributed import resolve_ranks
-from fastbatch.normalize import resolve_normalize
+from fastbatch.normalize import check_normalize, resolve_normalize
 from fastbatch.order import EpochOrder, resolve_order, shard_size
 from fastbatch.prefetch import Prefetcher
 from fastbatch.resume import check_state, make_state
@@ -132,6 +132,11 @@ class WindowLoader:
         its gathers and uses all of Numba's threads or one, whichever is
         faster at the moment (one wins when the training step or another
         process keeps cores busy); an integer fixes the count.
+    check_nan:
+        ``True``: look for NaNs in the windows when the loader is made (one
+        pass over the data, see :meth:`SlidingWindows.find_nan`) and raise
+        ``ValueError`` naming the first window with a NaN and where it starts.
+        ``False`` (default): NaNs pass through to the batches unchanged.
 
     Each ``iter(loader)`` runs epoch :attr:`epoch` and then advances it by one,
     so consecutive epochs are shuffled differently; :meth:`set_epoch` sets the
@@ -159,9 +164,11 @@ class WindowLoader:
         rank: int | None = None,
         world_size: int | None = None,
         num_threads: int | None = None,
+        check_nan: bool = False,
     ) -> None:
         if not isinstance(windows, SlidingWindows):
-            raise TypeError(f"windows must be a fastbatch.SlidingWindows, got {type(windows).__name__}")
+            raise TypeError(f"windows must be a fastbatch.SlidingWindows, got {_show(windows)} of type "
+                            f"{type(windows).__name__}")
         self.windows = windows
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.drop_last = check_bool("drop_last", drop_last)
@@ -176,13 +183,18 @@ class WindowLoader:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {_show(placement)}")
         self.device = resolve_device(device)
         self.dtype, self._gather_dtype = _batch_dtypes(dtype, windows)
-        self._mean, self._std = resolve_normalize(normalize, windows.data, self._gather_dtype)
+        check_nan = check_bool("check_nan", check_nan)
+        normalize = check_normalize(normalize, windows.n_features, self._gather_dtype)
         if windows.many_series:
             if placement == "device":
                 raise ValueError("placement='device' does not support many series yet; use placement='host' "
                                  "(placement='auto' picks it)")
             placement = "host"
         self.placement = choose_placement(placement, self.device, windows)
+        # Every argument is checked above; the passes over the data come last.
+        if check_nan:
+            _raise_on_nan(windows)
+        self._mean, self._std = resolve_normalize(normalize, windows.data, self._gather_dtype)
         self.epoch = 0
         self._resume_position = 0
         self._progress: _Progress | None = None
@@ -456,6 +468,9 @@ def _batch_dtypes(dtype: Any, windows: SlidingWindows) -> tuple[torch.dtype, np.
     """(dtype handed to the user, dtype the gather kernel writes)."""
     if dtype is torch.bfloat16:
         # numpy has no bfloat16: gather float32, cast after the copy.
+        if windows.data.dtype == np.float16:
+            # The kernel copies float16 as its bits; a cast to float32 would give garbage.
+            raise TypeError("dtype=torch.bfloat16 with data of dtype float16: float16 is gathered only as float16")
         return torch.bfloat16, np.dtype(np.float32)
     gather = windows.dtype if dtype is None else _resolve_dtype("dtype", dtype, windows.data.dtype)
     return torch.from_numpy(np.empty(0, gather)).dtype, gather
@@ -466,3 +481,16 @@ def _as_batch(t: torch.Tensor, univariate: bool, dtype: torch.dtype) -> torch.Te
     if univariate:
         t = t.reshape(t.shape[0], t.shape[1])
     return t if t.dtype == dtype else t.to(dtype)
+
+
+def _raise_on_nan(windows: SlidingWindows) -> None:
+    """``check_nan=True``: a ValueError naming the first window with a NaN and where it starts."""
+    i = windows.find_nan()
+    if i is None:
+        return
+    series, step = windows.locate(i)
+    where = f"step {step} of series {series}" if windows.many_series else f"step {step} of the data"
+    raise ValueError(
+        f"check_nan=True: window {i} of {len(windows)} (its input starts at {where}) holds a NaN in its input or "
+        "target; fill or cut the NaNs, or pass check_nan=False to hand them out unchanged"
+    )

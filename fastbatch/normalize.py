@@ -47,13 +47,22 @@ def feature_stats(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def resolve_normalize(normalize: Any, data: np.ndarray, out_dtype: np.dtype):
     """``None``/``False`` -> no standardisation; ``True`` -> statistics of ``data``; ``(mean, std)`` -> those."""
-    if normalize is None or normalize is False:
-        return None, None
-    if out_dtype.kind != "f" or out_dtype.itemsize < 4:
-        raise TypeError(f"normalize needs a float32 or float64 batch dtype, got dtype={out_dtype}")
-    if normalize is True:
+    checked = check_normalize(normalize, data.shape[1], out_dtype)
+    if checked is True:
         return feature_stats(data)
-    n_features = data.shape[1]
+    return (None, None) if checked is None else checked
+
+
+def check_normalize(normalize: Any, n_features: int, out_dtype: np.dtype):
+    """``normalize`` checked without reading any data: ``None``, ``True`` or ``(mean, std)`` as float64 arrays."""
+    if normalize is None or normalize is False:
+        return None
+    if out_dtype.kind != "f" or out_dtype.itemsize < 4:
+        raise TypeError(
+            f"normalize needs a float32 or float64 batch dtype, got normalize={_show(normalize)} with dtype={out_dtype}"
+        )
+    if normalize is True:
+        return True
     try:
         mean, std = normalize
         mean = np.broadcast_to(np.asarray(mean, dtype=np.float64), (n_features,)).copy()

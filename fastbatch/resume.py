@@ -51,11 +51,15 @@ def make_state(loader, epoch: int, position: int) -> dict[str, Any]:
 def check_state(loader, state: Any) -> tuple[int, int, int]:
     """``(seed, epoch, position)`` of ``state``, or a ValueError saying why it does not fit ``loader``."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"not a WindowLoader state (expected a dict with format={FORMAT!r}), got {_show(state)}")
+        raise ValueError(
+            f"state is not a WindowLoader state (expected a dict with format={FORMAT!r}), got {_show(state)}"
+        )
     missing = [k for k in ("seed", "epoch", "position", "fingerprint") if k not in state]
     if missing:
-        raise ValueError(f"WindowLoader state lacks {missing}")
+        raise ValueError(f"WindowLoader state lacks {missing}, got state={_show(state)}")
     saved, here = state["fingerprint"], fingerprint(loader)
+    if not isinstance(saved, dict):
+        raise ValueError(f"state['fingerprint'] must be the dict that state_dict() saved, got {_show(saved)}")
     if saved != here:
         keys = sorted(set(saved) | set(here))
         diffs = [f"{k}: saved {saved.get(k)!r}, this loader {here.get(k)!r}" for k in keys if saved.get(k) != here.get(k)]

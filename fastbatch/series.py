@@ -49,15 +49,17 @@ def check_lengths(lengths: Any, n_steps: int) -> np.ndarray:
         raise TypeError(f"lengths must be a non-empty list of series lengths (integers), got {_show(lengths)}")
     if out.dtype == object and not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in out):
         raise TypeError(f"lengths must be a non-empty list of series lengths (integers), got {_show(lengths)}")
-    out = out.astype(np.int64)
+    # Bounds before the cast: a length past int64 (a Python int, a large
+    # uint64) must not wrap round into a plausible one.
     if (out < 0).any():
-        raise ValueError(f"lengths must be >= 0, got {_show(lengths)}")
-    if int(out.sum()) != n_steps:
+        raise ValueError(f"lengths must be >= 0, got lengths={_show(lengths)}")
+    if (out > n_steps).any() or int(out.astype(np.int64).sum()) != n_steps:
+        total = int(out.astype(object).sum())  # Python ints: exact on this error path
         raise ValueError(
             f"lengths must add up to the {n_steps} rows of data (series laid end to end), "
-            f"got lengths adding up to {int(out.sum())}"
+            f"got lengths={_show(lengths)} adding up to {total}"
         )
-    return out
+    return out.astype(np.int64)
 
 
 class SeriesRows:

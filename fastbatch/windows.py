@@ -20,6 +20,10 @@ from fastbatch.series import SeriesRows, check_lengths, series_of, typed_series_
 # bits, so data of these dtypes is gathered through an unsigned view.
 _BITS_ONLY = {np.dtype(np.float16): np.uint16}
 _KINDS = "iuf"
+# find_nan reads floats as unsigned bits: (mask of all but the sign, the bits
+# of +inf); a value is NaN when ``bits & mask > inf``.
+_NAN_BITS = {2: (0x7FFF, 0x7C00), 4: (0x7FFF_FFFF, 0x7F80_0000),
+             8: (0x7FFF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000)}
 
 
 def _as_numpy(data: Any) -> np.ndarray:
@@ -57,6 +61,9 @@ def _checked_array(data: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} must have shape (N,) or (N, F), got shape {array.shape}")
     if array.dtype.kind not in _KINDS:
         raise TypeError(f"{name} must have a real numeric dtype (int, uint or float), got {array.dtype}")
+    if array.dtype.itemsize > 8:
+        # Neither Numba nor torch has long double.
+        raise TypeError(f"{name} must have a dtype of at most 64 bits (float64 at most), got {array.dtype}")
     if not array.dtype.isnative:
         # Numba reads only native byte order; swapping would mean a copy of the data.
         raise TypeError(
@@ -83,6 +90,8 @@ def _resolve_dtype(name: str, requested: Any, source: np.dtype) -> np.dtype:
         raise TypeError(f"{name} must be a numeric dtype such as 'float32', got {_show(requested)}") from None
     if dtype.kind not in _KINDS:
         raise TypeError(f"{name} must be a real numeric dtype (int, uint or float), got {dtype}")
+    if dtype.itemsize > 8:
+        raise TypeError(f"{name} must be a dtype of at most 64 bits (float64 at most), got {dtype}")
     if (dtype in _BITS_ONLY or source in _BITS_ONLY) and dtype != source:
         raise TypeError(f"{name}={dtype} with data of dtype {source}: float16 is gathered only as float16")
     return dtype
@@ -268,7 +277,7 @@ class SlidingWindows:
             if not isinstance(a, np.ndarray) and type(a).__module__.split(".")[0] != "torch":
                 raise TypeError(
                     "data must be a numpy array, np.memmap or CPU torch tensor, or a list of them (one per "
-                    f"series); got a list holding {type(a).__name__} at data[{k}]"
+                    f"series); got a list holding {type(a).__name__} at data[{k}]: {_show(a)}"
                 )
         arrays = [_checked_array(a, f"data[{k}]") for k, a in enumerate(data)]
         first = arrays[0]
@@ -310,7 +319,9 @@ class SlidingWindows:
         try:
             array = np.load(path, mmap_mode="r")
         except (ValueError, EOFError) as error:  # not a .npy header, or object dtype (cannot be mapped)
-            raise ValueError(f"path={path!r} is not a .npy file of numbers that can be memory-mapped: {error}") from None
+            raise ValueError(
+                f"path={path!r} is not a .npy file of numbers that can be memory-mapped: {error}"
+            ) from None
         if not isinstance(array, np.ndarray):
             array.close()
             raise ValueError(
@@ -399,6 +410,38 @@ class SlidingWindows:
             return self._index(i) * self.stride
         s, local = self.locate(i)
         return int(self._row_starts[s]) + local
+
+    def find_nan(self) -> int | None:
+        """The index of the first window whose input or target holds a NaN, or ``None``.
+
+        A window is its ``window`` input steps, every feature of each (with
+        ``dilation > 1`` the steps skipped between them are not part of it),
+        and its ``horizon`` target steps, ``target_columns`` only: a NaN
+        elsewhere (a skipped step, a feature that is not a target in the
+        target steps, the rows after the last window) is not reported.  One
+        compiled pass over the rows in order, which stops at the first window
+        with a NaN; nothing is copied.  Integer data has no NaN: ``None`` at
+        once.  ``WindowLoader(..., check_nan=True)`` runs this when it is made.
+        """
+        from fastbatch.kernels import first_nan_window, first_nan_window_list
+
+        size = self.data.dtype.itemsize
+        if self.data.dtype.kind != "f":
+            return None
+        bits = np.dtype(f"u{size}")
+        is_target = np.zeros(self.n_features, dtype=np.bool_)
+        is_target[self.target_columns] = True
+        mask, inf = _NAN_BITS[size]
+        geometry = (self._kernel_stride, self.dilation, self.window, self.horizon, is_target,
+                    np.uint64(mask), np.uint64(inf))
+        if self._arrays is not None:
+            arrays = typed_series_list([a.view(bits) for a in self._arrays])
+            i = first_nan_window_list(arrays, self._offsets, *geometry)
+        else:
+            starts = np.zeros(1, np.int64) if self._row_starts is None else self._row_starts
+            row_bounds = np.append(starts, self.n_steps).astype(np.int64)
+            i = first_nan_window(self.data.view(bits), row_bounds, self.series_offsets, *geometry)
+        return None if i < 0 else int(i)
 
     def __len__(self) -> int:
         return self._len
