@@ -31,10 +31,13 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# pytest-benchmark suites, report in reports/benchmarks.json
+# pytest-benchmark suites, report in reports/benchmarks.json; then
+# `$(PY) -m bench.ci_compare reports/benchmarks.json` checks it (see .ci/run).
 benchmarks: $(STAMP)
 	mkdir -p reports
-	$(PY) -m pytest -q tests/benchmarks --benchmark-only --benchmark-json=reports/benchmarks.json
+	$(PY) -m pytest -q -p no:cacheprovider tests/benchmarks --benchmark-only \
+		--benchmark-json=reports/benchmarks.json --benchmark-sort=name \
+		--benchmark-columns=min,median,max,rounds
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache .benchmarks

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
+import signal
 import sys
+import threading
 from typing import Any
 
 from bench import config as cfg
@@ -31,18 +35,23 @@ examples:
 function(window, horizon, n_features, n_targets, **model_options), which must
 return a torch.nn.Module mapping x (B, window, F) to (B, horizon, n_targets).
 --data files are memory-mapped with allow_pickle=False (never unpickled).
-See docs/bench.md for how to read the output.
+Exit status: 0 with a recommendation, 1 without one, 2 for a bad option or
+input file (one line on stderr), 130 after Ctrl-C or SIGTERM (the running
+trial is killed).  See docs/bench.md for how to read the output.
 """
 
 
-def _positive_int(name: str):
+def _integer(minimum: int, maximum: int | None = None):
+    """An argparse type: an integer in ``[minimum, maximum]``; argparse names the option in the message."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {bounds}, got {text!r}")
         return value
 
     return parse
@@ -59,14 +68,39 @@ def _wrap(fn, name: str):
     return parse
 
 
-def _fraction(text: str) -> float:
+def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return value
+
+
+def _fraction(*, one: bool):
+    """A number in (0, 1], or (0, 1) when ``one`` is false."""
+
+    def parse(text: str) -> float:
+        value = _number(text)
+        if not (0 < value <= 1 if one else 0 < value < 1):
+            raise argparse.ArgumentTypeError(f"must be a number in (0, {'1]' if one else '1)'}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", text):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
+    return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,19 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to run")
-    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if torch sees one, else cpu)")
+    g.add_argument("--device", type=_device, help="cpu, cuda or cuda:N (default: cuda if torch sees one, else cpu)")
     g.add_argument("--batch-sizes", type=_wrap(cfg.parse_batch_sizes, "batch sizes"), metavar="B,B,...",
                    help="the sizes to sweep, e.g. 32,64,128 (default: powers of two from 1 up to the "
                         "boundary or --max-batch-size)")
-    g.add_argument("--max-batch-size", type=_positive_int("--max-batch-size"), metavar="B",
+    g.add_argument("--max-batch-size", type=_integer(1), metavar="B",
                    help=f"the last power-of-two size (default on CPU: {cfg.CPU_MAX_BATCH_SIZE}, --quick "
                         f"{cfg.QUICK_MAX_BATCH_SIZE}, or up to the boundary with --memory-limit; on GPU: up "
                         "to the boundary); never more than the series' windows")
     g.add_argument("--model", default="mlp",
-                   help="mlp, cnn, lstm, transformer, or module:function for your own factory (default: mlp)")
+                   help="mlp, cnn, lstm, transformer, or module:function for your own factory, which imports "
+                        "your module and so runs its code (default: mlp)")
     g.add_argument("--model-options", type=_wrap(cfg.parse_model_options, "model options"), default={},
                    metavar="K=V,...", help="keyword arguments for the model factory, e.g. hidden=512,layers=3")
-    g.add_argument("--steps", type=_positive_int("--steps"), metavar="N",
+    g.add_argument("--steps", type=_integer(2), metavar="N",
                    help=f"training steps each trial must complete, the first fifth untimed; small batches "
                         f"run more, to time at least 0.5 s (default {cfg.DEFAULT_STEPS}, --quick {cfg.QUICK_STEPS})")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast in the training step")
@@ -102,28 +137,30 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="PATH.npy", help="your own series, (N,) or (N, F), memory-mapped "
                                                      "(default: a synthetic series)")
-    g.add_argument("--window", type=_positive_int("--window"), default=64, help="input steps T (default 64)")
-    g.add_argument("--horizon", type=_positive_int("--horizon"), default=8, help="target steps H (default 8)")
-    g.add_argument("--features", type=_positive_int("--features"), help="features of the synthetic series (default 8)")
-    g.add_argument("--series-length", type=_positive_int("--series-length"), metavar="N",
+    g.add_argument("--window", type=_integer(1), default=64, help="input steps T (default 64)")
+    g.add_argument("--horizon", type=_integer(1), default=8, help="target steps H (default 8)")
+    g.add_argument("--features", type=_integer(1), help="features of the synthetic series (default 8)")
+    g.add_argument("--series-length", type=_integer(1), metavar="N",
                    help="steps of the synthetic series (default 2**20 on CPU, 2**23 on GPU)")
 
     g = p.add_argument_group("memory")
     g.add_argument("--memory-limit", type=_wrap(cfg.parse_size, "size"), metavar="SIZE",
                    help="host memory each trial may use, e.g. 2GiB or 1500MB (RLIMIT_DATA on the trial "
                         f"process; default on CPU: {cfg.SAFETY_FRACTION:.0%}% of the available memory)")
-    g.add_argument("--gpu-memory-fraction", type=_fraction, metavar="F",
+    g.add_argument("--gpu-memory-fraction", type=_fraction(one=True), metavar="F",
                    help="use only this fraction of the GPU's memory, to emulate a smaller card")
-    g.add_argument("--tolerance", type=_fraction, default=0.01,
+    g.add_argument("--tolerance", type=_fraction(one=False), default=0.01,
                    help="how close the boundary's bracket must be, relative (default 0.01)")
 
     g = p.add_argument_group("measurement")
-    g.add_argument("--prefetch", type=int, default=2, metavar="N", help="batches the loader prepares ahead (default 2)")
+    g.add_argument("--prefetch", type=_integer(0), default=2, metavar="N",
+                   help="batches the loader prepares ahead (default 2)")
     g.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the torch DataLoader baseline")
-    g.add_argument("--trial-timeout", type=float, default=300.0, metavar="S",
+    g.add_argument("--trial-timeout", type=_seconds, default=300.0, metavar="S",
                    help="seconds before a trial is killed and recorded as a timeout (default 300)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the synthetic series, the model and the order")
+    g.add_argument("--seed", type=_integer(0, 2**64 - 1), default=0,
+                   help="seed of the synthetic series, the model and the order")
     g.add_argument("--out", metavar="DIR", help="write results.json, results.csv, throughput.png, memory.png here")
     return p
 
@@ -148,9 +185,11 @@ def config_from_args(args: argparse.Namespace) -> cfg.BenchConfig:
 
     device = args.device or _default_device()
     gpu = device.startswith("cuda")
-    if args.data is not None and (args.features is not None or args.series_length is not None):
-        raise ValueError("--features and --series-length describe the synthetic series; with --data they come "
-                         "from the file")
+    if args.data is not None:
+        for option, value in (("--features", args.features), ("--series-length", args.series_length)):
+            if value is not None:
+                raise ValueError(f"{option} {value}: describes the synthetic series; with --data {args.data} "
+                                 "the file gives the series")
     memory_limit, limit_from = args.memory_limit, "user" if args.memory_limit else "none"
     if memory_limit is None and not gpu:
         memory_limit, limit_from = int(cfg.SAFETY_FRACTION * psutil.virtual_memory().available), "safety"
@@ -218,10 +257,25 @@ def _interrupted(detail: str = "") -> int:
     return 130
 
 
+def _terminate(signum, frame):
+    """SIGTERM (a CI job cancelled, ``timeout``, ``kill``) ends the run as Ctrl-C does: trial killed, partial report."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the harness; the exit status is 0 when a batch size was recommended, 130 after Ctrl-C."""
+    """Run the harness; the exit status is 0 when a batch size was recommended, 130 after Ctrl-C or SIGTERM."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is not threading.main_thread():  # only it may set handlers
+        return _run(parser, args)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run(parser, args)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from bench import harness
 
     try:

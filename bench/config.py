@@ -68,7 +68,7 @@ def parse_batch_sizes(text: str) -> list[int]:
     for part in str(text).split(","):
         part = part.strip()
         if not part.isdigit() or int(part) < 1:
-            raise ValueError(f"batch sizes must be positive integers separated by commas, got {text!r}")
+            raise ValueError(f"must be positive integers separated by commas, got {text!r}")
         sizes.append(int(part))
     return sorted(set(sizes))
 
@@ -79,7 +79,7 @@ def parse_model_options(text: str) -> dict[str, Any]:
     for part in filter(None, (p.strip() for p in str(text).split(","))):
         key, sep, value = part.partition("=")
         if not sep or not key.strip().isidentifier():
-            raise ValueError(f"model options must look like 'hidden=512,layers=3', got {text!r}")
+            raise ValueError(f"must look like 'hidden=512,layers=3', got {text!r}")
         options[key.strip()] = _scalar(value.strip())
     return options
 

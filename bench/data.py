@@ -11,6 +11,9 @@ import os
 
 import numpy as np
 
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"  # np.savez
+
 
 def synthetic_series(length: int, features: int, seed: int = 0) -> np.ndarray:
     """A ``(length, features)`` float32 series: per feature, two sines of its own periods and phases, plus noise.
@@ -44,20 +47,39 @@ def load_series(path: str) -> np.ndarray:
     one-line message for anything that is not a plain numeric ``.npy`` array;
     pickled object arrays are refused, never loaded.
     """
+    if os.path.isdir(path):
+        raise ValueError(f"--data {path!r} is a folder; give the .npy file of one series")
     if not os.path.isfile(path):
         raise ValueError(f"--data {path!r}: no such file")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+    except OSError as error:
+        raise ValueError(f"--data {path!r} cannot be read: {error.strerror}") from None
+    if magic.startswith(ZIP_MAGIC):
+        raise ValueError(f"--data {path!r} is a .npz archive; save the one series as .npy (np.save)")
+    if magic != NPY_MAGIC:
+        # Checked here: np.load takes any other file for a pickle and says so.
+        raise ValueError(f"--data {path!r} is not a .npy file (no .npy header); save the series with np.save")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as error:
         if "allow_pickle" in str(error) or "Python objects" in str(error):
             raise ValueError(f"--data {path!r} holds Python objects (pickled); only numeric arrays are read") from None
-        raise ValueError(f"--data {path!r} is not a readable .npy array: {error}") from None
+        raise ValueError(f"--data {path!r} is not a readable .npy array: {_first_line(error)}") from None
     except Exception as error:  # noqa: BLE001 - any unreadable file is one message
-        raise ValueError(f"--data {path!r} is not a readable .npy array: {error}") from None
+        raise ValueError(f"--data {path!r} is not a readable .npy array: {_first_line(error)}") from None
     if not isinstance(array, np.ndarray):
         raise ValueError(f"--data {path!r} is a .npz archive; save the one series as .npy (np.save)")
+    if array.size == 0:
+        raise ValueError(f"--data {path!r} holds an empty array of shape {array.shape}")
     if array.ndim not in (1, 2):
         raise ValueError(f"--data {path!r} must hold a series of shape (N,) or (N, F), got shape {array.shape}")
     if array.dtype.kind not in "iuf":
         raise ValueError(f"--data {path!r} must hold real numbers (int, uint or float), got dtype {array.dtype}")
     return array[:, None] if array.ndim == 1 else array
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -52,20 +52,70 @@ def _check_model(config: BenchConfig, n_features: int) -> int:
     """Build the model once on the CPU and run two windows through it; return its parameter count."""
     import torch
 
-    from bench.models import build_model
+    from bench.models import build_model, resolve_factory
 
+    name = f"--model {config.model}"
+    try:
+        resolve_factory(config.model)
+    except ValueError as error:
+        raise BenchError(f"{name}: {error}".splitlines()[0]) from None
+    if config.model_options:
+        name += " --model-options " + ",".join(f"{k}={v}" for k, v in config.model_options.items())
     try:
         model = build_model(config.model, config.window, config.horizon, n_features, n_features,
                             **config.model_options)
         with torch.no_grad():
             out = model(torch.zeros(2, config.window, n_features))
     except Exception as error:  # noqa: BLE001 - the user's factory can fail in any way
-        raise BenchError(f"--model {config.model}: {type(error).__name__}: {error}".splitlines()[0]) from None
+        raise BenchError(f"{name}: {type(error).__name__}: {error}".splitlines()[0]) from None
     expected = (2, config.horizon, n_features)
     if tuple(out.shape) != expected and out.numel() != math.prod(expected):
-        raise BenchError(f"--model {config.model} maps x of shape (2, {config.window}, {n_features}) to "
+        raise BenchError(f"{name} maps x of shape (2, {config.window}, {n_features}) to "
                          f"{tuple(out.shape)}; expected {expected} = (B, horizon, n_targets)")
     return sum(p.numel() for p in model.parameters())
+
+
+def _check_out(out: str | None) -> None:
+    """Make the ``--out`` folder now, so a path that cannot be written fails before the sweep, not after."""
+    if out is None:
+        return
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise BenchError(f"--out {out!r} is a file; give a folder (it is created if need be)")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        raise BenchError(f"--out {out!r}: cannot create the folder ({error.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise BenchError(f"--out {out!r}: the folder is not writable")
+
+
+def _check_synthetic_size(config: BenchConfig, workdir: str) -> None:
+    """Refuse a synthetic series that would not fit in memory (it is made there) or on the temporary disk."""
+    import psutil
+
+    nbytes = config.series_length * config.features * 4
+    memory = psutil.virtual_memory().available // 2
+    disk = shutil.disk_usage(workdir).free
+    room, where = min((memory, "half the available memory"), (disk, f"the free space in {os.path.dirname(workdir)}"))
+    if nbytes > room:
+        raise BenchError(f"--series-length {config.series_length} with --features {config.features}: the synthetic "
+                         f"series would take {format_bytes(nbytes)}, more than {where} ({format_bytes(room)})")
+
+
+def _windows(array, config: BenchConfig, source: str) -> int:
+    """The number of windows, from the same ``SlidingWindows`` every trial makes: its refusals come now."""
+    import numpy as np
+
+    import fastbatch as fb
+
+    n_steps = array.shape[0]
+    if n_steps < config.window + config.horizon:
+        raise BenchError(f"{source} has {n_steps} steps; window {config.window} + horizon "
+                         f"{config.horizon} need at least {config.window + config.horizon}")
+    try:
+        return len(fb.SlidingWindows(array, window=config.window, horizon=config.horizon, dtype=np.float32))
+    except (TypeError, ValueError) as error:
+        raise BenchError(f"{source}: {error}".splitlines()[0]) from None
 
 
 def plan_sizes(config: BenchConfig, n_windows: int) -> tuple[list[int], str]:
@@ -84,26 +134,27 @@ def prepare(config: BenchConfig) -> Prepared:
     from bench.data import load_series, write_synthetic
 
     _check_device(config)
+    _check_out(config.out)
     workdir = tempfile.mkdtemp(prefix="fastbatch-bench-")
     try:
         if config.data is not None:
             data_path = os.path.abspath(config.data)
             array = load_series(data_path)
             source = data_path
+            n_windows = _windows(array, config, f"--data {config.data!r}")
         else:
+            _check_synthetic_size(config, workdir)
             data_path = write_synthetic(os.path.join(workdir, "series.npy"), config.series_length,
                                         config.features, config.seed)
             array = load_series(data_path)
             source = "synthetic"
+            n_windows = _windows(array, config, "the synthetic series")
         n_steps, n_features = array.shape
-        n_windows = n_steps - config.window - config.horizon + 1
-        if n_windows < 1:
-            raise BenchError(f"the series has {n_steps} steps; window {config.window} + horizon "
-                             f"{config.horizon} need at least {config.window + config.horizon}")
         parameters = _check_model(config, n_features)
         sizes, stopped_by = plan_sizes(config, n_windows)
         if not sizes:
-            raise BenchError(f"every --batch-sizes value exceeds the {n_windows} windows of the series")
+            raise BenchError(f"every --batch-sizes value ({','.join(map(str, config.batch_sizes))}) exceeds the "
+                             f"{n_windows} windows of the series")
     except ValueError as error:
         shutil.rmtree(workdir, ignore_errors=True)
         raise BenchError(str(error)) from None

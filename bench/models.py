@@ -123,13 +123,13 @@ def resolve_factory(spec: str) -> Factory:
         raise ValueError(f"model must be one of {', '.join(MODELS)} or 'module:function', got {spec!r}")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"model {spec!r}: cannot import module {module_name!r} ({error})") from None
+    except Exception as error:  # noqa: BLE001 - the user's module can fail in any way as it runs
+        raise ValueError(f"cannot import the model's module {module_name!r} ({type(error).__name__}: {error})") from None
     factory: Any = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
     if not callable(factory):
-        raise ValueError(f"model {spec!r}: module {module_name!r} has no callable {attr!r}")
+        raise ValueError(f"module {module_name!r} has no callable {attr!r}")
     return factory
 
 

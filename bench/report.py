@@ -128,6 +128,10 @@ def summary(report: dict[str, Any]) -> list[str]:
         lines.append(f"host memory limit per trial: {format_bytes(limit)} "
                      f"({'--memory-limit' if cfg.get('memory_limit_from') == 'user' else 'safety default'}, RLIMIT_DATA)")
     lines.append("boundary: " + boundary_text(boundary))
+    failed = [r for r in report["results"] if r["status"] not in ("ok", "oom")]
+    if failed:
+        lines.append("failed trials (not recommended; with --out, their logs are in trial-logs/): " + "; ".join(
+            f"{r['batch_size']} {r['status']}" + (f" ({r['error'][:100]})" if r.get("error") else "") for r in failed))
     if rec.get("recommended_batch_size"):
         lines.append(
             f"recommended batch size: {rec['recommended_batch_size']} "

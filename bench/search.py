@@ -18,8 +18,12 @@ from typing import Any, Callable
 
 Trial = Callable[[int, str], dict]
 
-# A failure of these kinds ends the doubling; only "oom" is bracketed.
+# Failures a trial can end with.  An "oom" ends the doubling and is bracketed;
+# the others are recorded and the sweep goes on (a crash or a hang can be
+# flaky or specific to one size, and a model with BatchNorm fails at batch
+# size 1 only), until MAX_FAILURES_IN_A_ROW of them come one after another.
 FAILED = ("oom", "crash", "timeout", "error")
+MAX_FAILURES_IN_A_ROW = 2
 # The recommendation stays at or below this fraction of the largest size that
 # ran, when the boundary was found: memory grows about linearly with the batch,
 # and other processes, fragmentation or longer inputs eat into the headroom.
@@ -85,10 +89,13 @@ class SearchResult:
 
 def search(trial: Trial, sizes: list[int], *, tolerance: float = 0.01, stopped_by: str = "max_batch_size",
            on_result: Callable[[dict], None] | None = None) -> SearchResult:
-    """Run ``sizes`` in increasing order until one fails, then bracket the boundary if it was an OOM.
+    """Run ``sizes`` in increasing order until one runs out of memory, then bracket the boundary.
 
-    ``stopped_by`` says why ``sizes`` ends ("max_batch_size", "dataset" or
-    "batch_sizes"); it is reported when every size runs.
+    A ``crash``, ``timeout`` or ``error`` is recorded and the sweep goes on,
+    unless it is the ``MAX_FAILURES_IN_A_ROW``-th failure in a row, which ends
+    the sweep with ``stopped_by`` set to its status.  ``stopped_by`` says why
+    ``sizes`` ends ("max_batch_size", "dataset" or "batch_sizes"); it is
+    reported when every size runs.
     """
     results: list[dict[str, Any]] = []
     model = MemoryModel()
@@ -103,10 +110,11 @@ def search(trial: Trial, sizes: list[int], *, tolerance: float = 0.01, stopped_b
             on_result(result)
         return result
 
-    failure = None
+    failure, in_a_row = None, 0
     for size in sorted(set(sizes)):
         result = run(size, "sweep")
-        if result["status"] != "ok":
+        in_a_row = 0 if result["status"] == "ok" else in_a_row + 1
+        if result["status"] == "oom" or in_a_row >= MAX_FAILURES_IN_A_ROW:
             failure = result
             break
     ok_sizes = [r["batch_size"] for r in results if r["status"] == "ok"]

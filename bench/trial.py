@@ -18,6 +18,8 @@ does can stop the sweep or skew the next trial.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import gc
 import inspect
@@ -29,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable
 
@@ -48,6 +51,7 @@ BASELINE_MAX_BATCH_SIZE = 16384
 # Timed training steps may go on past --steps, up to this many times it, to last loader_seconds.
 MAX_STEPS_FACTOR = 50
 STDERR_TAIL = 2000
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 # -- parent side ------------------------------------------------------------------------
@@ -66,7 +70,8 @@ def run_trial(config: BenchConfig, batch_size: int, data_path: str, *, role: str
             return run_trial(config, batch_size, data_path, role=role, baseline=baseline, workdir=tmp)
     stem = os.path.join(workdir, f"trial-{batch_size}-{role}")
     spec = {"config": config.to_dict(), "batch_size": batch_size, "data_path": data_path,
-            "role": role, "baseline": baseline and batch_size <= BASELINE_MAX_BATCH_SIZE}
+            "role": role, "baseline": baseline and batch_size <= BASELINE_MAX_BATCH_SIZE,
+            "harness_pid": os.getpid()}
     with open(stem + ".spec.json", "w") as f:
         json.dump(spec, f)
     result_path = stem + ".result.json"
@@ -81,11 +86,13 @@ def run_trial(config: BenchConfig, batch_size: int, data_path: str, *, role: str
     started = time.perf_counter()
     killed_by_us = False
     with open(stem + ".log", "wb") as log:
-        # A session of its own: Ctrl-C reaches only the harness, which then
-        # kills the child's whole process group (DataLoader workers included).
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                start_new_session=True)
+        proc = None
         try:
+            # A session of its own: Ctrl-C reaches only the harness, which then
+            # kills the child's whole process group (DataLoader workers included).
+            with _signals_held():
+                proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                        start_new_session=True)
             returncode = proc.wait(timeout=config.trial_timeout)
             _kill_group(proc)  # whatever the child left behind (a DataLoader worker) goes with it
         except subprocess.TimeoutExpired:
@@ -93,7 +100,8 @@ def run_trial(config: BenchConfig, batch_size: int, data_path: str, *, role: str
             _kill_group(proc)
             returncode = proc.returncode
         except BaseException:
-            _kill_group(proc)
+            if proc is not None:
+                _kill_group(proc)
             raise
     wall = time.perf_counter() - started
     result = _read_json(result_path)
@@ -104,6 +112,32 @@ def run_trial(config: BenchConfig, batch_size: int, data_path: str, *, role: str
         result["note"] = f"the trial process exited with code {returncode} after measuring"
     result.update(role=role, wall_s=wall)
     return result
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold a Ctrl-C (or a SIGTERM the harness handles) that comes while the child starts.
+
+    Raised inside ``Popen``, after the fork, it would leave a child that
+    nobody kills (in a session of its own, the child never sees the signal):
+    held, its handler runs once ``proc`` is known and can be killed.  Only
+    handlers set from Python are held; a default action stays as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread runs handlers, and only it may set them
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: h for s, h in previous.items() if callable(h)}
+    held: list[tuple[int, Any]] = []
+    for signum in previous:
+        signal.signal(signum, lambda signum, frame: held.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for signum, frame in held[:1]:
+        previous[signum](signum, frame)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -467,11 +501,28 @@ def _measure_baseline(result: dict[str, Any], data, config: BenchConfig, batch_s
         result["baseline_error"] = f"{type(error).__name__}: {_message(str(error))}"
 
 
+def die_with_harness(harness_pid: int | None) -> None:
+    """Linux: have the kernel SIGKILL this process when the harness dies, even by SIGKILL.
+
+    The harness kills its trials itself on Ctrl-C, SIGTERM and timeouts; this
+    covers the death it cannot handle, so a hung trial never outlives it.
+    """
+    if not sys.platform.startswith("linux") or harness_pid is None:
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != harness_pid:  # it died before prctl took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m bench.trial SPEC RESULT``: run one trial, write its result, exit."""
     spec_path, result_path = argv if argv is not None else sys.argv[1:]
     with open(spec_path) as f:
         spec = json.load(f)
+    die_with_harness(spec.get("harness_pid"))
     result: dict[str, Any] = {"batch_size": spec["batch_size"], "status": "error", "error": None}
     started = time.perf_counter()
     try:

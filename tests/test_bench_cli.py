@@ -45,24 +45,53 @@ def test_parse_batch_sizes():
             parse_batch_sizes(bad)
 
 
-@pytest.mark.parametrize("argv,fragment", [
-    (["--memory-limit", "2G"], "invalid size '2G'"),
-    (["--batch-sizes", "32,x"], "positive integers"),
-    (["--window", "0"], "--window must be >= 1"),
-    (["--steps", "many"], "--steps must be an integer"),
-    (["--gpu-memory-fraction", "1.5"], "(0, 1]"),
-    (["--model-options", "hidden"], "hidden=512"),
-    (["--no-such-option"], "unrecognized arguments"),
-    (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
-    (["--device", "cpu", "--gpu-memory-fraction", "0.5"], "--device cuda only"),
-    (["--model", "resnet"], "model must be one of mlp"),
-    (["--model", "no_such_module_xyz:build"], "cannot import module"),
-    (["--model", "mlp", "--model-options", "wings=2"], "unexpected keyword argument 'wings'"),
-    (["--series-length", "10"], "at least"),
-    (["--batch-sizes", "99999999", "--series-length", "1000"], "exceeds the"),
-])
-def test_bad_options_give_one_line_errors(argv, fragment, capsys):
-    assert fragment in error_of(argv, capsys)
+# (command line, the option and the value the error must name, what it must say).
+BAD_OPTIONS = [
+    (["--device", "tpu"], "--device", "tpu", "must be cpu, cuda or cuda:N"),
+    (["--device", "cuda:x"], "--device", "cuda:x", "must be cpu, cuda or cuda:N"),
+    (["--batch-sizes", "32,x"], "--batch-sizes", "32,x", "positive integers"),
+    (["--batch-sizes", "0"], "--batch-sizes", "0", "positive integers"),
+    (["--batch-sizes", "99999999", "--series-length", "1000"], "--batch-sizes", "99999999", "exceeds the 929 windows"),
+    (["--max-batch-size", "0"], "--max-batch-size", "0", "integer >= 1"),
+    (["--max-batch-size", "big"], "--max-batch-size", "big", "must be an integer"),
+    (["--model", "resnet"], "--model", "resnet", "must be one of mlp, cnn, lstm, transformer"),
+    (["--model", "no_such_module_xyz:build"], "--model", "no_such_module_xyz:build", "cannot import"),
+    (["--model", "json:no_such_factory"], "--model", "json:no_such_factory", "no callable 'no_such_factory'"),
+    (["--model-options", "hidden"], "--model-options", "hidden", "hidden=512"),
+    (["--model-options", "wings=2"], "--model-options", "wings=2", "unexpected keyword argument 'wings'"),
+    (["--model-options", "hidden=wide"], "--model-options", "hidden=wide", "TypeError"),
+    (["--steps", "many"], "--steps", "many", "must be an integer"),
+    (["--steps", "1"], "--steps", "1", "integer >= 2"),
+    (["--window", "0"], "--window", "0", "integer >= 1"),
+    (["--window", "1.5"], "--window", "1.5", "must be an integer"),
+    (["--horizon", "-3"], "--horizon", "-3", "integer >= 1"),
+    (["--features", "0"], "--features", "0", "integer >= 1"),
+    (["--series-length", "10"], "--series-length", "10", "at least window + horizon = 72"),
+    (["--series-length", "100000000000"], "--series-length", "100000000000", "would take 2980 GiB"),
+    (["--memory-limit", "2G"], "--memory-limit", "2G", "invalid size"),
+    (["--memory-limit", "0"], "--memory-limit", "0", "more than 0 bytes"),
+    (["--gpu-memory-fraction", "1.5"], "--gpu-memory-fraction", "1.5", "(0, 1]"),
+    (["--gpu-memory-fraction", "half"], "--gpu-memory-fraction", "half", "finite number"),
+    (["--gpu-memory-fraction", "0.5"], "--gpu-memory-fraction", "cuda", "applies to --device cuda only"),
+    (["--tolerance", "1"], "--tolerance", "1", "(0, 1)"),
+    (["--tolerance", "nan"], "--tolerance", "nan", "finite number"),
+    (["--prefetch", "-1"], "--prefetch", "-1", "integer >= 0"),
+    (["--trial-timeout", "0"], "--trial-timeout", "0", "seconds > 0"),
+    (["--trial-timeout", "inf"], "--trial-timeout", "inf", "finite number"),
+    (["--seed", "-1"], "--seed", "-1", "integer in [0, 18446744073709551615]"),
+    (["--seed", "1e3"], "--seed", "1e3", "must be an integer"),
+    (["--features", "3", "--data", "series.npy"], "--features", "3", "the file gives the series"),
+    (["--out", os.path.abspath(__file__)], "--out", os.path.abspath(__file__), "is a file"),
+    (["--out", "/proc/no-such-process/results"], "--out", "/proc/no-such-process/results", "cannot create"),
+    (["--no-such-option", "3"], "--no-such-option", "3", "unrecognized arguments"),
+    (["--window"], "--window", "", "expected one argument"),
+]
+
+
+@pytest.mark.parametrize("argv,option,value,fragment", BAD_OPTIONS, ids=[" ".join(c[0])[-40:] for c in BAD_OPTIONS])
+def test_bad_options_give_one_line_errors_naming_option_and_value(argv, option, value, fragment, capsys):
+    line = error_of(["--device", "cpu", *argv], capsys)
+    assert option in line and value in line and fragment in line, line
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
@@ -70,25 +99,68 @@ def test_cuda_without_a_gpu_is_refused(capsys):
     assert "sees no CUDA device" in error_of(["--device", "cuda"], capsys)
 
 
-def test_data_file_errors(tmp_path, capsys):
-    missing = str(tmp_path / "missing.npy")
-    assert "no such file" in error_of(["--data", missing], capsys)
-    objects = tmp_path / "objects.npy"
-    np.save(objects, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
-    assert "pickled" in error_of(["--data", str(objects)], capsys)
-    archive = tmp_path / "archive.npy"
-    with open(archive, "wb") as f:
+class Unpickled:
+    """An object whose unpickling makes the folder ``marker``: proof that a file was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def pickled_objects(path, marker):
+    np.save(path, np.array([Unpickled(str(marker)), 1.0], dtype=object), allow_pickle=True)
+
+
+def npz(path):
+    with open(path, "wb") as f:
         np.savez(f, a=np.zeros(10))
-    assert ".npz archive" in error_of(["--data", str(archive)], capsys)
-    cube = tmp_path / "cube.npy"
-    np.save(cube, np.zeros((4, 4, 4), dtype=np.float32))
-    assert "shape (N,) or (N, F)" in error_of(["--data", str(cube)], capsys)
-    short = tmp_path / "short.npy"
-    np.save(short, np.zeros((20, 2), dtype=np.float32))
-    assert "need at least 72" in error_of(["--data", str(short)], capsys)
-    series = tmp_path / "series.npy"
-    np.save(series, np.zeros((200, 2), dtype=np.float32))
-    assert "come from the file" in error_of(["--data", str(series), "--features", "3"], capsys)
+
+
+def truncated(path):
+    np.save(path, np.zeros((1000, 3), dtype=np.float32))
+    path.write_bytes(path.read_bytes()[:500])
+
+
+# (how to make the file, what the one-line error must say)
+BAD_DATA = {
+    "missing": (lambda path: None, "no such file"),
+    "folder": (lambda path: path.mkdir(), "is a folder"),
+    "csv": (lambda path: path.write_text("1,2,3\n4,5,6\n"), "not a .npy file"),
+    "pickled": (lambda path: pickled_objects(path, path.parent / "unpickled"), "holds Python objects (pickled)"),
+    "npz": (npz, ".npz archive"),
+    "3-d": (lambda path: np.save(path, np.zeros((4, 4, 4), np.float32)), "shape (N,) or (N, F), got shape (4, 4, 4)"),
+    "empty": (lambda path: np.save(path, np.zeros(0, np.float32)), "empty array of shape (0,)"),
+    "no-features": (lambda path: np.save(path, np.zeros((100, 0), np.float32)), "empty array of shape (100, 0)"),
+    "complex": (lambda path: np.save(path, np.zeros(100, np.complex64)), "got dtype complex64"),
+    "truncated": (truncated, "not a readable .npy array"),
+    "short": (lambda path: np.save(path, np.zeros((20, 2), np.float32)), "need at least 72"),
+    "float16": (lambda path: np.save(path, np.zeros((200, 2), np.float16)), "float16"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_DATA))
+def test_malformed_data_files_give_one_line_errors(kind, tmp_path, capsys):
+    make, fragment = BAD_DATA[kind]
+    path = tmp_path / "series.npy"
+    make(path)
+    line = error_of(["--device", "cpu", "--data", str(path)], capsys)
+    assert f"--data {str(path)!r}" in line and fragment in line, line
+    assert not (tmp_path / "unpickled").exists()
+
+
+def test_data_is_never_unpickled(tmp_path):
+    """The real command on a pickled object array: refused, and the pickle's payload never runs."""
+    path, marker = tmp_path / "objects.npy", tmp_path / "unpickled"
+    pickled_objects(path, marker)
+    proc = subprocess.run([sys.executable, "-m", "bench", "--device", "cpu", "--data", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "holds Python objects (pickled)" in proc.stderr.splitlines()[0]
+    assert not marker.exists()
+    np.load(path, allow_pickle=True)  # the test's own check: unpickling this file does make the folder
+    assert marker.is_dir()
 
 
 def test_user_model_with_the_wrong_output_shape_is_refused(tmp_path, monkeypatch, capsys):
@@ -101,16 +173,17 @@ def test_user_model_with_the_wrong_output_shape_is_refused(tmp_path, monkeypatch
     assert "expected (2, 8, 8)" in error_of(["--model", "wrong_model:build"], capsys)
 
 
-def test_help_documents_the_options_and_user_code(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--help"])
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
-    for option in ("--device", "--batch-sizes", "--max-batch-size", "--window", "--horizon", "--features",
-                   "--series-length", "--data", "--model", "--steps", "--memory-limit", "--gpu-memory-fraction",
-                   "--out", "--quick"):
-        assert option in out
-    assert "imports your module" in out and "allow_pickle=False" in out
+def test_help_documents_the_options_user_code_and_pickles():
+    proc = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0
+    out = " ".join(proc.stdout.split())  # argparse wraps the lines
+    for action in cli.build_parser()._actions:
+        assert all(option in out for option in action.option_strings)
+    assert "--model module:function imports your module (its top-level code runs)" in out
+    assert "imports your module and so runs its code" in out  # the --model line itself
+    assert "allow_pickle=False (never unpickled)" in out
+    assert "130 after Ctrl-C or SIGTERM" in out
 
 
 def test_the_module_runs_as_a_command_with_one_line_errors():

@@ -100,3 +100,18 @@ def test_boundary_text_says_why_it_was_not_reached():
 
 def test_rate_formats_samples_per_second():
     assert rate(None) == "-" and rate(950) == "950" and rate(123_456) == "123k" and rate(2.5e6) == "2.5M"
+
+
+def test_summary_lists_failed_trials_with_their_errors(report):
+    def trial(size, role):
+        if size == 4:
+            return {"batch_size": 4, "status": "crash", "error": "killed by SIGSEGV: Segmentation fault"}
+        return fake_trial(size, role)
+
+    out = search(trial, [1, 2, 4, 8])
+    crashed = build_report(BenchConfig(), HARDWARE, DATASET, out.results, out.boundary)
+    lines = [line for line in summary(crashed) if line.startswith("failed trials")]
+    assert len(lines) == 1 and "4 crash (killed by SIGSEGV: Segmentation fault)" in lines[0]
+    assert crashed["recommended_batch_size"] in (1, 2, 8)
+    # An out-of-memory trial is the boundary, not a failure.
+    assert not [line for line in summary(report) if line.startswith("failed trials")]

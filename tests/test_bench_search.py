@@ -4,7 +4,7 @@ import pytest
 
 from bench.config import powers_of_two
 from bench.search import (
-    MAX_BOUNDARY_TRIALS, MemoryModel, close_enough, lr_scaling_note, recommend, search,
+    MAX_BOUNDARY_TRIALS, MAX_FAILURES_IN_A_ROW, MemoryModel, close_enough, lr_scaling_note, recommend, search,
 )
 
 
@@ -99,13 +99,47 @@ def test_boundary_not_reached_reports_nulls_and_why():
 
 
 @pytest.mark.parametrize("status", ["crash", "timeout", "error"])
-def test_other_failures_end_the_sweep_without_a_boundary(status):
+def test_one_failure_is_recorded_and_the_sweep_goes_on(status):
+    machine = FakeMachine(10**9)
+
+    def trial(size, role):
+        return {"batch_size": size, "status": status} if size == 256 else machine(size, role)
+
+    out = search(trial, powers_of_two(4096))
+    assert [r["batch_size"] for r in out.results] == powers_of_two(4096)
+    assert {r["batch_size"]: r["status"] for r in out.results if r["status"] != "ok"} == {256: status}
+    b = out.boundary
+    assert (b["reached"], b["stopped_by"], b["largest_tried_ok"]) == (False, "max_batch_size", 4096)
+    assert recommend(out.results, b)["recommended_batch_size"] != 256
+
+
+def test_a_failure_at_the_smallest_size_only_still_gives_a_recommendation():
+    # A model with BatchNorm cannot train on batches of one.
+    machine = FakeMachine(10**9)
+    out = search(lambda size, role: {"batch_size": size, "status": "error"} if size == 1 else machine(size, role),
+                 powers_of_two(1024))
+    assert recommend(out.results, out.boundary)["recommended_batch_size"] in powers_of_two(1024)[1:]
+
+
+@pytest.mark.parametrize("status", ["crash", "timeout", "error"])
+def test_failures_in_a_row_end_the_sweep_without_a_boundary(status):
     machine = FakeMachine(10**9, fail_status=status, fail_at=256)
     out = search(machine, powers_of_two(4096))
-    assert machine.tried == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert machine.tried == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512][: 8 + MAX_FAILURES_IN_A_ROW]
     b = out.boundary
     assert (b["largest_ok"], b["smallest_oom"], b["reached"], b["stopped_by"]) == (None, None, False, status)
     assert b["largest_tried_ok"] == 128
+
+
+def test_an_oom_after_a_crash_is_still_bracketed():
+    machine = FakeMachine(3000)
+
+    def trial(size, role):
+        return {"batch_size": size, "status": "crash"} if size == 1024 else machine(size, role)
+
+    out = search(trial, powers_of_two(2**20))
+    b = out.boundary
+    assert b["reached"] and b["largest_ok"] <= 3000 < b["smallest_oom"]
 
 
 def test_a_crash_inside_the_bracket_stops_the_search_with_the_bracket_so_far():

@@ -1,6 +1,7 @@
 import os
 import signal
 import textwrap
+import time
 
 import psutil
 import pytest
@@ -58,26 +59,36 @@ def user_module(tmp_path, monkeypatch, body):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
 
 
-def test_a_child_that_dies_by_a_signal_is_a_crash(series, tmp_path, monkeypatch):
-    user_module(tmp_path, monkeypatch, """
-        import os, signal
+@pytest.mark.parametrize("death,status,fragment", [
+    ("ctypes.string_at(0)", "crash", "killed by SIGSEGV"),  # a real invalid read
+    pytest.param("os.abort()", "crash", "killed by SIGABRT", marks=pytest.mark.slow),
+    pytest.param("os._exit(3)", "crash", "exited with code 3", marks=pytest.mark.slow),
+    ("os.kill(os.getpid(), signal.SIGKILL)", "oom", "out-of-memory killer"),  # what the OOM killer sends
+])
+def test_a_child_that_dies_without_a_result_gets_a_verdict(series, tmp_path, monkeypatch, death, status, fragment):
+    user_module(tmp_path, monkeypatch, f"""
+        import ctypes, os, signal
         def build(window, horizon, n_features, n_targets):
-            os.kill(os.getpid(), signal.SIGSEGV)
+            {death}
     """)
     result = run_trial(small_config(model="user_models:build"), 16, series, workdir=str(tmp_path))
-    assert result["status"] == "crash" and "SIGSEGV" in result["error"]
+    assert result["status"] == status and fragment in result["error"], result
 
 
 @pytest.mark.slow
-def test_a_slow_child_times_out_and_is_killed(series, tmp_path, monkeypatch):
-    user_module(tmp_path, monkeypatch, """
-        import time
+def test_a_slow_child_times_out_and_is_killed_with_its_children(series, tmp_path, monkeypatch):
+    user_module(tmp_path, monkeypatch, f"""
+        import subprocess, time
         def build(window, horizon, n_features, n_targets):
+            with open({str(tmp_path / "grandchild")!r}, "w") as f:
+                f.write(str(subprocess.Popen(["sleep", "600"]).pid))
             time.sleep(600)
     """)
-    result = run_trial(small_config(model="user_models:build", trial_timeout=5), 16, series, workdir=str(tmp_path))
-    assert result["status"] == "timeout" and result["wall_s"] < 30
+    result = run_trial(small_config(model="user_models:build", trial_timeout=8), 16, series, workdir=str(tmp_path))
+    assert result["status"] == "timeout" and "--trial-timeout 8" in result["error"] and result["wall_s"] < 30
     assert not [p for p in psutil.Process().children(recursive=True) if "bench.trial" in " ".join(p.cmdline())]
+    grandchild = int((tmp_path / "grandchild").read_text())  # the hang was reached, with a process of its own
+    assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
 
 
 @pytest.mark.slow
@@ -100,6 +111,28 @@ def test_ctrl_c_kills_the_child(series, tmp_path, monkeypatch):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert not [p for p in psutil.Process().children(recursive=True) if "bench.trial" in " ".join(p.cmdline())]
+
+
+def test_ctrl_c_while_the_child_starts_still_kills_it(series, tmp_path, monkeypatch):
+    """A Ctrl-C inside ``Popen`` (after the fork) is held until the child can be killed, not lost with it."""
+    import subprocess
+
+    from bench import trial
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)  # the signal's handler runs in here
+        return started[-1]
+
+    monkeypatch.setattr(trial.subprocess, "Popen", popen)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(small_config(), 16, series, workdir=str(tmp_path))
+    assert len(started) == 1 and started[0].poll() is not None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_model_error_is_an_error_not_an_oom(series, tmp_path, monkeypatch):

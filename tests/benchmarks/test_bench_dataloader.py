@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 import fastbatch as fb
@@ -31,11 +28,11 @@ def test_per_window_dataloader_epoch(benchmark, record_rate, series):
     record_rate(samples, 2 * samples * (WINDOW + 1) * 4)
 
 
-def test_speedup_over_per_window_dataloader(benchmark, record_rate, series):
-    """extra_info["speedup"]: fastbatch samples/s over the per-window DataLoader's.
+def test_speedup_over_per_window_dataloader(benchmark, record_rate, record_speedup, series):
+    """extra_info["speedup_vs_dataloader"]: fastbatch samples/s over the per-window DataLoader's, whole epochs.
 
-    Whole epochs of both are timed in alternation (so a busy spell of a shared
-    machine hits both alike); the speed-up is the ratio of the median epochs.
+    Both are timed in alternation (see ``record_speedup``), so a busy spell of
+    a shared machine hits both alike.
     """
     data = series(N)
     windows = fb.SlidingWindows(data, window=WINDOW, horizon=1)
@@ -45,15 +42,4 @@ def test_speedup_over_per_window_dataloader(benchmark, record_rate, series):
     samples = benchmark.pedantic(_epoch, setup=lambda: ((iter(loader),), {}), rounds=5, warmup_rounds=1)
     assert samples == len(windows)
     record_rate(samples)
-
-    rounds = 1 if benchmark.disabled else 3
-    times: dict[str, list[float]] = {"fastbatch": [], "dataloader": []}
-    for _ in range(rounds):
-        for name, source in (("fastbatch", loader), ("dataloader", per_window)):
-            t0 = time.perf_counter()
-            assert _epoch(iter(source)) == samples
-            times[name].append(time.perf_counter() - t0)
-    speedup = statistics.median(times["dataloader"]) / statistics.median(times["fastbatch"])
-    benchmark.extra_info["speedup"] = speedup
-    benchmark.extra_info["fastbatch_epoch_s"] = statistics.median(times["fastbatch"])
-    benchmark.extra_info["dataloader_epoch_s"] = statistics.median(times["dataloader"])
+    record_speedup(lambda: _epoch(iter(loader)), lambda: _epoch(iter(per_window)))
