@@ -66,7 +66,7 @@ def get_batch(windows, indices: Sequence[int]) -> WindowBatch:
     # The kernel reads without bounds checks: only valid, non-negative ids reach it.
     ids = np.where(ids < 0, ids + n, ids)
     ids = ids.astype(np.int32) if n < 2**31 else ids
-    out = windows.gather(ids)
+    out = windows.gather(ids, check=False)
     return WindowBatch(tuple(torch.from_numpy(a) for a in out))
 
 

@@ -308,7 +308,7 @@ class WindowLoader:
             series = np.empty(n, dtype=np.int64) if w.return_series_id else None
             w.check_source()
             with self._threads.run(n * w.window_nbytes):
-                w.gather(ids, buf.x[:n], buf.y[:n], mean=self._mean, std=self._std, series_out=series)
+                w.gather(ids, buf.x[:n], buf.y[:n], mean=self._mean, std=self._std, series_out=series, check=False)
             if cuda:
                 yield self._copy_to_device(buf, n, series)
             else:

@@ -217,6 +217,22 @@ class SlidingWindows:
             and np.array_equal(self.target_columns, np.arange(self.n_features))
         )
 
+    def _checked_ids(self, ids: np.ndarray) -> np.ndarray:
+        if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+            raise TypeError(f"ids must be a 1-D array of window indices, got {_show(ids)}")
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self._len):
+            bad = int(ids[(ids < 0) | (ids >= self._len)][0])
+            raise IndexError(f"ids must be window indices in [0, {self._len}), got {bad}")
+        return ids if ids.dtype.kind == "i" else ids.astype(np.int64)
+
+    def _check_outputs(self, n: int, out_x: Any, out_y: Any, series_out: Any) -> None:
+        _check_out("out_x", out_x, (n, self.window, self.n_features))
+        _check_out("out_y", out_y, (n, self.horizon, self.n_targets))
+        if out_x.dtype != out_y.dtype:
+            raise ValueError(f"out_x and out_y must share a dtype, got {out_x.dtype} and {out_y.dtype}")
+        if series_out is not None:
+            _check_out("series_out", series_out, (n,))
+
     def check_source(self) -> None:
         """Raise if the memory-mapped file under the data has shrunk since the windows were made.
 
@@ -524,7 +540,7 @@ class SlidingWindows:
 
     def gather(self, ids: np.ndarray, out_x: np.ndarray | None = None, out_y: np.ndarray | None = None,
                *, mean: np.ndarray | None = None, std: np.ndarray | None = None,
-               series_out: np.ndarray | None = None):
+               series_out: np.ndarray | None = None, check: bool = True):
         """Gather windows ``ids`` into contiguous ``(x, y)`` arrays of shape ``(n, *x_shape)``, ``(n, *y_shape)``.
 
         ``out_x``/``out_y`` (3-D ``(n, T, F)`` and ``(n, H, n_targets)``,
@@ -533,10 +549,16 @@ class SlidingWindows:
         (float64, one per feature) standardise every value in the same pass.
         With :attr:`return_series_id` (or ``series_out``, int64 of length
         ``n``) the series of each window comes back as a third array.
+
+        The kernels read and write without bounds checks, so ids and output
+        arrays are checked here; the loader, whose ids are valid by
+        construction, passes ``check=False``.
         """
         from fastbatch.kernels import gather_concatenated, gather_runs, gather_series_list, gather_windows, run_parallel
 
         ids = np.ascontiguousarray(ids)
+        if check:
+            ids = self._checked_ids(ids)
         n = ids.shape[0]
         if out_x is None:
             out_x = np.empty((n, self.window, self.n_features), dtype=self.dtype)
@@ -544,6 +566,8 @@ class SlidingWindows:
             out_y = np.empty((n, self.horizon, self.n_targets), dtype=out_x.dtype)
         if series_out is None and self.return_series_id:
             series_out = np.empty(n, dtype=np.int64)
+        if check:
+            self._check_outputs(n, out_x, out_y, series_out)
         geometry = (self._kernel_stride, self.dilation, self.window, self.horizon, self.target_columns,
                     _bits_view(out_x), _bits_view(out_y))
         if n and self._offsets is None and mean is None and self._runs:
@@ -564,6 +588,13 @@ class SlidingWindows:
                          series_out, mean, std)
         x, y = out_x.reshape((n, *self.x_shape)), out_y.reshape((n, *self.y_shape))
         return (x, y) if series_out is None else (x, y, series_out)
+
+
+def _check_out(name: str, array: Any, shape: tuple[int, ...]) -> None:
+    if not isinstance(array, np.ndarray) or array.shape != shape or not array.flags.c_contiguous \
+            or not array.flags.writeable or array.dtype.kind not in _KINDS:
+        got = f"{type(array).__name__} of shape {getattr(array, 'shape', None)}"
+        raise ValueError(f"{name} must be a writeable C-contiguous numeric array of shape {shape}, got {got}")
 
 
 def _file_identity(array: np.ndarray) -> tuple[str, int, int, int] | None:

@@ -157,3 +157,28 @@ def test_a_stride_beyond_int64_still_gives_its_one_window():
     x, y = w.gather(np.array([0]))
     np.testing.assert_array_equal(x[0], np.arange(5.0))
     np.testing.assert_array_equal(y[0], [5.0])
+
+
+def test_public_gather_refuses_ids_and_outputs_the_kernel_would_overrun():
+    import pytest
+
+    import fastbatch as fb
+
+    w = fb.SlidingWindows(np.arange(100.0).reshape(50, 2), window=4)
+    n = len(w)
+    with pytest.raises(IndexError, match=rf"ids must be window indices in \[0, {n}\), got {n}"):
+        w.gather(np.array([0, n]))
+    with pytest.raises(IndexError, match="got -1"):
+        w.gather(np.array([-1]))
+    with pytest.raises(TypeError, match="ids must be a 1-D array of window indices"):
+        w.gather(np.array([[0, 1]]))
+    with pytest.raises(TypeError, match="ids must be a 1-D array of window indices"):
+        w.gather(np.array([0.5]))
+    with pytest.raises(ValueError, match=r"out_x must be a writeable C-contiguous numeric array of shape \(2, 4, 2\)"):
+        w.gather(np.array([0, 1]), np.empty((1, 4, 2)), np.empty((2, 1, 2)))
+    readonly = np.empty((2, 1, 2))
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match="out_y must be a writeable"):
+        w.gather(np.array([0, 1]), np.empty((2, 4, 2)), readonly)
+    x, y = w.gather(np.array([n - 1], dtype=np.uint64))
+    np.testing.assert_array_equal(x[0], np.arange(100.0).reshape(50, 2)[n - 1 : n + 3])
