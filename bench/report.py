@@ -200,14 +200,7 @@ def plot(report: dict[str, Any], out_dir: str) -> list[str]:
     if rec:
         ax.axvline(rec, color="tab:green", linestyle=":", label=f"recommended ({rec})")
     _log_axes(ax)
-    _mark_boundary(ax, boundary, sizes)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("samples / s")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(paths[0])
-    plt.close(fig)
+    _finish(fig, ax, boundary, sizes, "samples / s", title, paths[0])
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     for key, label, style in (("peak_host_bytes", "peak host, resident", "o-"),
@@ -225,16 +218,25 @@ def plot(report: dict[str, Any], out_dir: str) -> list[str]:
         top = capacity / 2**30 if capacity else max((r.get("peak_host_bytes") or 0) for r in ok or results) / 2**30
         ax.plot(oom, [top] * len(oom), "x", color="tab:red", label="out of memory")
     _log_axes(ax, y_log=False)
+    _finish(fig, ax, boundary, sizes, "GiB", title, paths[1], y_from_zero=True)
+    return paths
+
+
+def _finish(fig, ax, boundary: dict[str, Any], sizes: list[int], ylabel: str, title: str, path,
+            y_from_zero: bool = False) -> None:
+    """Boundary marks, labels and legend of a batch-size plot; write it and free the figure."""
+    import matplotlib.pyplot as plt
+
     _mark_boundary(ax, boundary, sizes)
-    ax.set_ylim(bottom=0)
+    if y_from_zero:
+        ax.set_ylim(bottom=0)
     ax.set_xlabel("batch size")
-    ax.set_ylabel("GiB")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(paths[1])
+    fig.savefig(path)
     plt.close(fig)
-    return paths
 
 
 def _mark_boundary(ax, boundary: dict[str, Any], sizes: list[int]) -> None:
