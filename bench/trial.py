@@ -44,6 +44,11 @@ OOM_MARKERS = (
     "out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc",
     "memory allocation", "memoryerror", "outofmemoryerror", "failed to map segment",
     "alloc_failed",  # cuBLAS / cuDNN: CUBLAS_STATUS_ALLOC_FAILED, CUDNN_STATUS_ALLOC_FAILED
+    # cuBLAS and cuDNN allocate their workspaces and handles on first use, outside
+    # torch's caching allocator; when the card is full they fail with these
+    # statuses instead of an allocation error.  Near the boundary that is what
+    # they mean, and recording them as errors would hide the boundary.
+    "cublas_status_not_initialized", "cudnn_status_not_initialized", "cudnn_status_internal_error",
 )
 # Above this batch size the DataLoader baseline is not measured: its rate is
 # flat there (per-window cost), while its time and memory grow with the batch.

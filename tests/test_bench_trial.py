@@ -8,7 +8,7 @@ import pytest
 
 from bench.config import BenchConfig
 from bench.data import write_synthetic
-from bench.trial import _verdict, is_oom_error, run_trial
+from bench.trial import _message, _verdict, is_oom_error, run_trial
 
 # Small enough that a trial is quick, long enough for a batch of 2**16 windows.
 SERIES_LENGTH = 70_000
@@ -178,6 +178,27 @@ def test_oom_errors_are_recognised():
     assert not is_oom_error(OSError(2, "No such file or directory"))
     assert not is_oom_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not is_oom_error(KeyError("memory"))
+
+
+# What torch raises (as RuntimeError) when cuBLAS, cuDNN or CUDA itself run out of device memory.
+CUDA_OOM_IN_DISGUISE = [
+    "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`",
+    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+    "cuDNN error: CUDNN_STATUS_INTERNAL_ERROR",
+    "cuDNN error: CUDNN_STATUS_NOT_INITIALIZED",
+    "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some other API call, so the "
+    "stacktrace below might be incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1",
+]
+
+
+@pytest.mark.parametrize("message", CUDA_OOM_IN_DISGUISE)
+def test_cuda_library_failures_under_memory_pressure_are_oom(message):
+    assert is_oom_error(RuntimeError(message))
+    # A child that died of one (no result written) gets the same verdict, and the line shown is that one.
+    verdict = _verdict(1, f"Traceback (most recent call last):\nRuntimeError: {message}\n", False, 10)
+    assert verdict["status"] == "oom"
+    assert _message(f"Traceback (most recent call last):\n  File x\nRuntimeError: {message}").startswith(
+        f"RuntimeError: {message.splitlines()[0]}")
 
 
 def test_loader_without_device_keywords_falls_back_to_moving_batches(monkeypatch):
