@@ -1,4 +1,4 @@
-"""bench.ci_compare on fake pytest-benchmark reports: fails on a ratio collapse only, never on times."""
+"""bench.ci_compare on fake pytest-benchmark reports: fails on a speed-up drop only, never on times."""
 
 import json
 import os
@@ -57,8 +57,7 @@ def test_a_ratio_below_the_threshold_fails_with_field_value_and_threshold(tmp_pa
     assert run(tmp_path, history, report, "--save") == 1
     err = capsys.readouterr().err.splitlines()
     assert err == [f"REGRESSION tests/benchmarks/test_bench_loader.py::test_loader_epoch[wide]: "
-                   f"extra_info.{RATIO_KEY} = 0.83, threshold >= 1 "
-                   "(fastbatch slower than the per-window DataLoader in the same run)"]
+                   f"extra_info.{RATIO_KEY} = 0.83, threshold >= 1 (the absolute floor, --threshold)"]
     assert not history.exists()  # a failing run is not saved as the next previous run
 
 
@@ -69,7 +68,8 @@ def test_the_threshold_is_inclusive_and_nan_fails(tmp_path, history, ratio, code
 
 def test_a_custom_threshold(tmp_path, history, capsys):
     assert run(tmp_path, history, fake_report({"t": 3.0}), "--threshold", "5") == 1
-    assert capsys.readouterr().err.strip().endswith(f"extra_info.{RATIO_KEY} = 3, threshold >= 5")
+    assert capsys.readouterr().err.strip().endswith(
+        f"extra_info.{RATIO_KEY} = 3, threshold >= 5 (the absolute floor, --threshold)")
     assert run(tmp_path, history, fake_report({"t": 6.0}), "--threshold", "5") == 0
 
 
@@ -88,15 +88,61 @@ def test_slower_times_than_the_previous_run_never_fail(tmp_path, history, capsys
     assert "another machine" not in out
 
 
-def test_the_newest_saved_run_is_the_previous_one_and_a_broken_one_is_skipped(tmp_path, history, capsys):
+def test_the_newest_saved_run_of_this_machine_is_the_previous_one_and_a_broken_one_is_skipped(
+        tmp_path, history, capsys):
     os.makedirs(history)
     write(history / "20260101T000000-old.json", fake_report({"t": 11.0}))
-    write(history / "20260301T000000-mid.json", fake_report({"t": 33.0}, node="other-machine"))
+    write(history / "20260201T000000-mid.json", fake_report({"t": 30.0}))
+    write(history / "20260301T000000-other.json", fake_report({"t": 90.0}, node="other-machine"))
     (history / "20260401T000000-broken.json").write_text("{not json")
-    assert run(tmp_path, history, fake_report({"t": 40.0})) == 0
+    # 16 is above half of this machine's newest (30), below half of the other machine's (90).
+    assert run(tmp_path, history, fake_report({"t": 16.0})) == 0
     out = capsys.readouterr().out
-    assert "skipping an unreadable saved run" in out and "(previous 33)" in out
-    assert "another machine" in out
+    assert "skipping an unreadable saved run" in out and "(previous 30)" in out and "another machine" not in out
+    assert run(tmp_path, history, fake_report({"t": 14.0})) == 1
+
+
+def save_previous(history, ratios, node="ci-1"):
+    os.makedirs(history, exist_ok=True)
+    write(history / "20261125T100000-0123456789ab.json",
+          fake_report(ratios, commit="0123456789ab", when="2026-11-25T10:00:00", node=node))
+
+
+def test_a_speed_up_that_halves_against_the_previous_passing_run_fails(tmp_path, history, capsys):
+    save_previous(history, {"test_loader_epoch[wide]": 24.0})
+    assert run(tmp_path, history, fake_report({"test_loader_epoch[wide]": 11.9}), "--save") == 1
+    err = capsys.readouterr().err.splitlines()
+    # Far above the absolute floor of 1, and still a failure: half of 24 is the threshold.
+    assert err == [f"REGRESSION tests/benchmarks/test_bench_loader.py::test_loader_epoch[wide]: "
+                   f"extra_info.{RATIO_KEY} = 11.9, threshold >= 12 (0.5 x the previous passing run's 24)"]
+    assert len(os.listdir(history)) == 1  # not saved: the next run is still compared with 24
+    assert run(tmp_path, history, fake_report({"test_loader_epoch[wide]": 12.0})) == 0
+
+
+def test_a_failed_run_does_not_lower_the_bar_for_the_next(tmp_path, history):
+    assert run(tmp_path, history, fake_report({"t": 20.0}, when="2026-11-01T00:00:00"), "--save") == 0
+    assert run(tmp_path, history, fake_report({"t": 6.0}, when="2026-11-02T00:00:00"), "--save") == 1
+    assert run(tmp_path, history, fake_report({"t": 9.0}, when="2026-11-03T00:00:00"), "--save") == 1
+    assert run(tmp_path, history, fake_report({"t": 10.5}, when="2026-11-04T00:00:00"), "--save") == 0
+
+
+def test_a_custom_max_drop(tmp_path, history, capsys):
+    save_previous(history, {"t": 20.0})
+    assert run(tmp_path, history, fake_report({"t": 15.0}), "--max-drop", "0.2") == 1
+    assert capsys.readouterr().err.strip().endswith("threshold >= 16 (0.8 x the previous passing run's 20)")
+    assert run(tmp_path, history, fake_report({"t": 16.0}), "--max-drop", "0.2") == 0
+    with pytest.raises(SystemExit):
+        run(tmp_path, history, fake_report({"t": 16.0}), "--max-drop", "1")
+    assert "--max-drop must be in [0, 1), got 1" in capsys.readouterr().err
+
+
+def test_new_benchmarks_and_runs_on_another_machine_are_held_to_the_floor(tmp_path, history, capsys):
+    save_previous(history, {"t": 40.0}, node="other-machine")
+    assert run(tmp_path, history, fake_report({"t": 2.0, "brand_new": 1.5})) == 0
+    out = capsys.readouterr().out
+    assert "(previous 40)" in out and "another machine" in out and "held to the floor" in out
+    assert run(tmp_path, history, fake_report({"t": 2.0, "brand_new": 0.9})) == 1
+    assert "brand_new: extra_info" in capsys.readouterr().err
 
 
 def test_save_keeps_a_dated_copy_and_prunes_the_oldest(tmp_path, history, capsys, monkeypatch):
