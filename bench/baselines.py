@@ -199,11 +199,15 @@ class BatchStream:
     ``skip`` batches are drawn untimed before each span: whatever a background
     producer (``DataLoader`` workers, a prefetch thread) finished while the
     stream was idle is consumed first, so a span times only steady state.
+    With a ``device`` other than the CPU, each batch's tensors are copied there
+    as a training loop would (``.to(device, non_blocking=True)``) and every
+    timing waits for the copies to finish.
     """
 
-    def __init__(self, make_iter: Callable[[], Iterable], *, skip: int = 0) -> None:
+    def __init__(self, make_iter: Callable[[], Iterable], *, skip: int = 0, device: Any = None) -> None:
         self.make_iter = make_iter
         self.skip = skip
+        self.device = None if device is None or torch.device(device).type == "cpu" else torch.device(device)
         self.it: Iterator = iter(())
         self.first_batch_s = float("nan")
         self.n_batches = 0
@@ -212,16 +216,27 @@ class BatchStream:
         """Make a fresh iterator and take its first batch; return (and keep) that latency."""
         t0 = time.perf_counter()
         self.it = iter(self.make_iter())
-        next(self.it)
+        self._to_device(next(self.it))
+        self._sync()
         self.first_batch_s = time.perf_counter() - t0
         return self.first_batch_s
 
     def next(self) -> Any:
         try:
-            return next(self.it)
+            batch = next(self.it)
         except StopIteration:
             self.it = iter(self.make_iter())
-            return next(self.it)
+            batch = next(self.it)
+        return self._to_device(batch)
+
+    def _to_device(self, batch: Any) -> Any:
+        if self.device is None:
+            return batch
+        return tuple(t.to(self.device, non_blocking=True) for t in batch)
+
+    def _sync(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def calibrate(self, target_s: float, *, probe_s: float = 0.2, max_batches: int = 10**7) -> int:
         """Draw batches for ``probe_s`` and set ``n_batches`` to last about ``target_s`` (at least 3)."""
@@ -229,6 +244,7 @@ class BatchStream:
         while time.perf_counter() - t0 < probe_s:
             self.next()
             n += 1
+        self._sync()
         rate = n / (time.perf_counter() - t0)
         self.n_batches = int(min(max(3, rate * target_s), max_batches))
         return self.n_batches
@@ -237,10 +253,12 @@ class BatchStream:
         """``(samples, seconds)`` of the next ``n_batches`` batches (default: the calibrated number)."""
         for _ in range(self.skip):
             self.next()
+        self._sync()
         samples = 0
         t0 = time.perf_counter()
         for _ in range(n_batches or self.n_batches):
             samples += int(self.next()[0].shape[0])
+        self._sync()
         return samples, time.perf_counter() - t0
 
     def close(self) -> None:
@@ -309,9 +327,12 @@ def make_dataloader(
     )
 
 
-def dataloader_stream(loader: DataLoader) -> BatchStream:
-    """A :class:`BatchStream` over ``loader`` that skips what its workers prefetched while idle."""
-    return BatchStream(lambda: loader, skip=loader.num_workers * (loader.prefetch_factor or 0))
+def dataloader_stream(loader: DataLoader, device: Any = None) -> BatchStream:
+    """A :class:`BatchStream` over ``loader`` that skips what its workers prefetched while idle.
+
+    With a ``device``, each batch is copied there, as a training loop does.
+    """
+    return BatchStream(lambda: loader, skip=loader.num_workers * (loader.prefetch_factor or 0), device=device)
 
 
 def dataloader_measurements(
@@ -324,18 +345,20 @@ def dataloader_measurements(
     *,
     repeats: int = 1,
     target_s: float = 1.0,
+    device: Any = None,
 ) -> dict[int, Measurement]:
     """Measure a shuffled ``DataLoader`` over ``dataset`` for each worker count.
 
     Workers are persistent, as a training loop over many epochs would keep
     them; ``n_batches=None`` sizes the spans to last about ``target_s``.
+    With a ``device``, every batch is copied there and the copy is timed.
     """
     out: dict[int, Measurement] = {}
     for n_workers in workers:
         loader = make_dataloader(dataset, batch_size, n_workers, pin_memory=pin_memory, collate_fn=collate_fn)
         try:
-            out[n_workers] = measure_many({"": dataloader_stream(loader)}, n_batches=n_batches, repeats=repeats,
-                                          target_s=target_s)[""]
+            out[n_workers] = measure_many({"": dataloader_stream(loader, device)}, n_batches=n_batches,
+                                          repeats=repeats, target_s=target_s)[""]
         finally:
             stop_workers(loader)
     return out
@@ -358,12 +381,15 @@ def best_dataloader_rate(
     collate_fn: Callable | None = None,
     *,
     repeats: int = 1,
+    device: Any = None,
 ) -> tuple[float, int]:
     """``(samples_per_sec, best_workers)``: a shuffled ``DataLoader``'s steady rate at its best worker count.
 
     Each worker count is timed over ``repeats`` spans of ``n_batches``
     batches; its rate is the median, and the fastest worker count wins.
+    With a ``device``, each batch is copied there as part of the rate.
     """
-    found = dataloader_measurements(dataset, batch_size, n_batches, workers, pin_memory, collate_fn, repeats=repeats)
+    found = dataloader_measurements(dataset, batch_size, n_batches, workers, pin_memory, collate_fn, repeats=repeats,
+                                    device=device)
     best = max(found, key=lambda w: found[w].samples_per_s)
     return found[best].samples_per_s, best

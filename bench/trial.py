@@ -9,7 +9,8 @@ a user's model may print to).  In the child, in this order:
 2. the loader alone: batches for ``loader_seconds``, samples/s and GB/s;
 3. ``steps`` training steps, the time split into waiting for data and compute;
 4. the peaks: host high-water mark, device ``max_memory_allocated/reserved``;
-5. for sweep trials, the ``DataLoader`` baseline at the same batch size.
+5. for sweep trials, the ``DataLoader`` baseline at the same batch size (on a
+   GPU its batches are copied to the device too, as fastbatch's are).
 
 An out-of-memory error anywhere gives ``status="oom"``; the parent turns a
 child that dies (signal, crash, timeout) into a verdict too, so nothing a trial
@@ -497,9 +498,11 @@ def _measure_baseline(result: dict[str, Any], data, config: BenchConfig, batch_s
     # warm-up batch is made, and a shorter run would time little but those.
     n_batches = max(16, math.ceil(config.baseline_samples / batch_size))
     try:
+        # On a GPU the baseline delivers where fastbatch does: pinned batches,
+        # copied with .to(device, non_blocking=True), the copy timed, as a user would.
         rate, workers = best_dataloader_rate(
             WindowDataset(data, config.window, config.horizon), batch_size, n_batches,
-            workers=config.baseline_workers, pin_memory=device.type == "cuda",
+            workers=config.baseline_workers, pin_memory=device.type == "cuda", device=device,
         )
         result["baseline_samples_per_sec"], result["baseline_workers"] = rate, workers
     except Exception as error:  # noqa: BLE001 - recorded, the trial stands
