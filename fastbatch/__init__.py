@@ -2,9 +2,18 @@
 
 from fastbatch.compat import collate
 from fastbatch.loader import WindowLoader
+from fastbatch.noise import GradientNoiseScale, measure_noise_scale
 from fastbatch.order import BlockShuffle
 from fastbatch.windows import SlidingWindows
 
 __version__ = "0.1.0"
 
-__all__ = ["BlockShuffle", "SlidingWindows", "WindowLoader", "__version__", "collate"]
+__all__ = [
+    "BlockShuffle",
+    "GradientNoiseScale",
+    "SlidingWindows",
+    "WindowLoader",
+    "__version__",
+    "collate",
+    "measure_noise_scale",
+]

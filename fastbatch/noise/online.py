@@ -1,0 +1,314 @@
+"""``GradientNoiseScale``: the gradient noise scale tracked inside a training loop, one call per step.
+
+Three ways to get the two batch sizes the estimator needs (see
+``_twosize.py``), picked by how the loop runs:
+
+- DDP with more than one rank: each rank's local gradient, caught by a tensor
+  hook before DDP all-reduces it, is the small batch; the all-reduced ``.grad``
+  the large one. One scalar all-reduce per step, no extra backward pass.
+- Gradient accumulation: each micro-batch's gradient (``accumulate()`` after
+  its backward) is the small batch, the accumulated ``.grad`` the large one.
+- Neither: this step's and the previous step's gradients are the small
+  batches, their mean the large one (``biased``: the parameters moved between
+  the two).
+
+The averages are float64 tensors on the gradients' device and a non-finite
+estimate is dropped with ``torch.where``, so a step costs no host sync; only
+reading a figure does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fastbatch._checks import _show, check_int
+from fastbatch.noise._twosize import squared_norm, two_sizes
+
+STATE_VERSION = 1
+
+
+class GradientNoiseScale:
+    """Track ``B_simple = tr(Σ) / |G|²`` during training from the gradients the loop computes anyway.
+
+    Call :meth:`step` after the backward pass(es) of each optimizer step,
+    before ``optimizer.zero_grad()``::
+
+        gns = fb.GradientNoiseScale(model)
+        for x, y in loader:
+            loss_fn(model(x), y).backward()
+            gns.step(len(x))
+            optimizer.step(); optimizer.zero_grad()
+        print(gns.b_simple)
+
+    With gradient accumulation (each micro-batch's loss divided by the number
+    of micro-batches, so that ``.grad`` ends as the batch's mean gradient),
+    call :meth:`accumulate` after every micro-batch's backward, the last one
+    included, then ``step(batch_size)`` with the whole batch's size. Under
+    ``DistributedDataParallel`` (``torch.distributed`` initialised with more
+    than one rank when this object is made) every rank calls ``step`` with
+    its own batch size at the same point of every step; :meth:`accumulate`
+    is then optional.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model being trained (a DDP wrapper or the module inside it).
+    beta : float, default 0.99
+        Decay of the exponential moving averages of ``|G|²`` and ``tr(Σ)``,
+        per update: they weigh about the last ``1 / (1 - beta)`` steps, and
+        are bias-corrected (divided by ``1 - beta**updates``) as in Adam.
+    process_group : optional
+        The DDP process group (default: the global one).
+
+    Attributes
+    ----------
+    biased : bool
+        True when the averages come from the differenced estimator over
+        consecutive steps (no micro-batches, one rank): the two gradients are
+        taken at different parameters, which inflates their difference, so
+        ``tr(Σ)`` and ``b_simple`` are overestimated while the model moves
+        fast. Switching between estimators restarts the averages.
+    world_size : int
+        Ranks the small batches come from (1 without DDP).
+    """
+
+    def __init__(self, model: nn.Module, *, beta: float = 0.99, process_group: Any = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {_show(model)} of type {type(model).__name__}")
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
+            raise ValueError(f"beta must be a number in [0, 1), got beta={_show(beta)}")
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        if not self._params:
+            raise ValueError(f"model has no parameters that require grad (model={type(model).__name__}): "
+                             "there is no gradient to measure")
+        self.beta = float(beta)
+        self._group = process_group
+        distributed = dist.is_available() and dist.is_initialized()
+        self.world_size = dist.get_world_size(process_group) if distributed else 1
+        self.biased = False
+        self._ema: torch.Tensor | None = None  # [|G|² sum, tr(Σ) sum, weight], each already × (1 - beta)
+        self._skipped: torch.Tensor | None = None
+        self._updates = 0
+        self._parts = 0  # micro-batches since the last step
+        self._parts_sq: torch.Tensor | None = None  # Σ |part's gradient contribution|²
+        self._buffer: list[torch.Tensor] | None = None  # the previous step's gradient, or the running .grad
+        self._buffer_sq: torch.Tensor | None = None
+        self._buffer_is_step = False  # the buffer holds the previous step's gradient, its |·|² in _buffer_sq
+        self._differenced = None  # (small, big) from the first accumulate() of a step
+        self._last_part_sq: torch.Tensor | None = None
+        self._hooks = []
+        if self.world_size > 1:
+            self._fired = [0] * len(self._params)
+            self._hooks = [p.register_hook(self._hook_for(i)) for i, p in enumerate(self._params)]
+
+    # -- the loop's calls ---------------------------------------------------------------------------
+
+    def accumulate(self) -> None:
+        """Record the micro-batch whose backward pass just ran (gradient accumulation)."""
+        if self.world_size > 1:
+            return  # the hooks see each backward pass
+        grads = self._grads()
+        buffer = self._gradient_buffer()
+        if self._parts == 0:
+            part_sq = squared_norm([g for g in grads if g is not None])
+            # If this turns out to be the step's only part, step() falls back to the
+            # differenced estimator, which needs the previous step's gradient: use it now.
+            self._differenced = None
+            if self._buffer_is_step:
+                big = self._difference_sq(buffer, grads, alpha=1.0) / 4
+                self._differenced = ((part_sq + self._buffer_sq) / 2, big)
+        else:
+            part_sq = self._difference_sq(buffer, grads, alpha=-1.0)
+        self._copy(buffer, grads)  # the running .grad, and at the last part this step's gradient
+        self._buffer_is_step = False
+        self._parts_sq = part_sq if self._parts_sq is None else self._parts_sq + part_sq
+        self._last_part_sq = part_sq
+        self._parts += 1
+
+    def step(self, batch_size: int, *, loss_scale: float = 1.0) -> None:
+        """Update the estimates from this step's gradients; call before ``optimizer.zero_grad()``.
+
+        Parameters
+        ----------
+        batch_size : int
+            Samples behind this rank's ``.grad`` (all its micro-batches together).
+        loss_scale : float, default 1.0
+            With a ``GradScaler``: its scale, when ``step`` is called after
+            ``scaler.unscale_(optimizer)`` while the micro-batches or DDP ranks
+            were measured before unscaling. bf16 needs no loss scaling.
+        """
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float)) or not loss_scale > 0:
+            raise ValueError(f"loss_scale must be a number > 0, got loss_scale={_show(loss_scale)}")
+        grads = self._grads()
+        if self.world_size > 1:
+            self._step_ranks(grads, batch_size, loss_scale)
+        elif self._parts >= 2:
+            self._step_parts(grads, batch_size, loss_scale)
+        else:
+            self._step_differenced(grads, batch_size)
+        self._parts, self._parts_sq = 0, None
+
+    def close(self) -> None:
+        """Remove the backward hooks (DDP only); the estimates stay readable."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    # -- the figures --------------------------------------------------------------------------------
+
+    @property
+    def grad_sq(self) -> float | None:
+        """``|G|²``, averaged; ``None`` before the first update."""
+        return self._averages()[0]
+
+    @property
+    def trace_cov(self) -> float | None:
+        """``tr(Σ)``, averaged; ``None`` before the first update."""
+        return self._averages()[1]
+
+    @property
+    def b_simple(self) -> float | None:
+        """``tr(Σ) / |G|²`` from the averages; ``inf`` while ``|G|²`` is not positive; ``None`` before the first update."""
+        grad_sq, trace_cov = self._averages()
+        if grad_sq is None:
+            return None
+        return trace_cov / grad_sq if grad_sq > 0 else math.inf
+
+    @property
+    def updates(self) -> int:
+        """Steps whose estimate entered the averages."""
+        return self._updates - self.skipped
+
+    @property
+    def skipped(self) -> int:
+        """Steps skipped because a gradient was not finite (mixed precision overflow)."""
+        return 0 if self._skipped is None else int(self._skipped.item())
+
+    def state_dict(self) -> dict[str, Any]:
+        """The averages and counts, as plain Python values (the gradient buffer is not kept).
+
+        After :meth:`load_state_dict` the differenced estimator needs one step
+        to refill its buffer before it updates again.
+        """
+        ema = [0.0, 0.0, 0.0] if self._ema is None else self._ema.tolist()
+        return {"version": STATE_VERSION, "biased": self.biased, "ema": ema, "attempts": self._updates,
+                "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        expected = {"version", "biased", "ema", "attempts", "skipped"}
+        if not isinstance(state, dict) or set(state) != expected:
+            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state must be a dict with keys {sorted(expected)}, got {keys}")
+        if state["version"] != STATE_VERSION:
+            raise ValueError(f"state['version'] must be {STATE_VERSION}, got {state['version']!r}")
+        ema = torch.tensor(state["ema"], dtype=torch.float64)
+        if ema.shape != (3,):
+            raise ValueError(f"state['ema'] must hold 3 numbers, got {state['ema']!r}")
+        self._ema = ema
+        self._skipped = torch.tensor(int(state["skipped"]), dtype=torch.float64)
+        self._updates = int(state["attempts"])
+        self.biased = bool(state["biased"])
+        self._buffer_is_step = False
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _grads(self) -> list[torch.Tensor | None]:
+        return [p.grad for p in self._params]
+
+    def _gradient_buffer(self) -> list[torch.Tensor]:
+        if self._buffer is None:
+            self._buffer = [torch.zeros_like(p) for p in self._params]
+        return self._buffer
+
+    @staticmethod
+    def _copy(buffer: list[torch.Tensor], grads: list[torch.Tensor | None]) -> None:
+        pairs = [(b, g) for b, g in zip(buffer, grads) if g is not None]
+        if pairs:
+            torch._foreach_copy_([b for b, _ in pairs], [g for _, g in pairs])
+        for b, g in zip(buffer, grads):
+            if g is None:
+                b.zero_()
+
+    @staticmethod
+    def _difference_sq(buffer: list[torch.Tensor], grads: list[torch.Tensor | None], *, alpha: float = -1.0):
+        """``|grads + alpha·buffer|²``; overwrites ``buffer`` (the caller copies ``grads`` in next)."""
+        for b, g in zip(buffer, grads):
+            if g is None:
+                b.mul_(alpha)
+            else:
+                b.mul_(alpha).add_(g)
+        return squared_norm(buffer)
+
+    def _step_ranks(self, grads, batch_size: int, loss_scale: float) -> None:
+        parts = max(max(self._fired), 1)  # backward passes on this rank since the last step
+        local = self._parts_sq if self._parts_sq is not None else squared_norm([])
+        local = local.to(self._device()).clone()
+        dist.all_reduce(local, group=self._group)  # sum over ranks of Σ |part's contribution|²
+        pieces = self.world_size * parts
+        # A part's contribution is its mean gradient / parts (the accumulation convention).
+        small = local * parts**2 / pieces / loss_scale**2
+        self._update(small, squared_norm([g for g in grads if g is not None]), batch_size / parts, pieces,
+                     biased=False)
+        self._fired = [0] * len(self._params)
+
+    def _step_parts(self, grads, batch_size: int, loss_scale: float) -> None:
+        parts = self._parts
+        big = squared_norm([g for g in grads if g is not None])
+        small = self._parts_sq * parts / loss_scale**2  # mean over parts of |part's mean gradient|²
+        self._update(small, big, batch_size / parts, parts, biased=False)
+        self._buffer_sq, self._buffer_is_step = big, True  # the last accumulate() copied this step's .grad
+
+    def _step_differenced(self, grads, batch_size: int) -> None:
+        if self._parts == 1:  # accumulate() ran once: it did the work and holds this step's gradient
+            now_sq, differenced = self._last_part_sq, self._differenced
+        else:
+            now_sq, differenced = squared_norm([g for g in grads if g is not None]), None
+            buffer = self._gradient_buffer()
+            if self._buffer_is_step:
+                big = self._difference_sq(buffer, grads, alpha=1.0) / 4  # |mean of the two|²
+                differenced = ((now_sq + self._buffer_sq) / 2, big)
+            self._copy(buffer, grads)
+        if differenced is not None:
+            self._update(*differenced, batch_size, 2, biased=True)
+        self._buffer_sq, self._buffer_is_step = now_sq, True
+
+    def _update(self, small, big, b: float, n: int, *, biased: bool) -> None:
+        if biased != self.biased:
+            self._ema, self._skipped, self._updates = None, None, 0  # different estimators: start again
+            self.biased = biased
+        grad_sq, trace_cov = two_sizes(small, big, b, n)
+        values = torch.stack([grad_sq, trace_cov, torch.ones_like(grad_sq)])
+        if self._ema is None:
+            self._ema, self._skipped = torch.zeros_like(values), torch.zeros_like(grad_sq)
+        self._ema, self._skipped = self._ema.to(values.device), self._skipped.to(values.device)
+        finite = torch.isfinite(grad_sq) & torch.isfinite(trace_cov)
+        self._ema = torch.where(finite, self.beta * self._ema + (1.0 - self.beta) * values, self._ema)
+        self._skipped = self._skipped + (~finite).to(self._skipped.dtype)
+        self._updates += 1
+
+    def _averages(self) -> tuple[float | None, float | None]:
+        if self._ema is None:
+            return None, None
+        grad_sq, trace_cov, weight = self._ema.tolist()
+        if weight == 0:
+            return None, None
+        return grad_sq / weight, trace_cov / weight
+
+    def _device(self) -> torch.device:
+        return self._params[0].device
+
+    def _hook_for(self, index: int):
+        def hook(grad: torch.Tensor) -> None:
+            # Runs before DDP's all-reduce: grad is this rank's own gradient for this backward pass.
+            sq = torch.linalg.vector_norm(grad.detach(), dtype=torch.float64).square()
+            self._parts_sq = sq if self._parts_sq is None else self._parts_sq + sq.to(self._parts_sq.device)
+            self._fired[index] += 1
+
+        return hook
