@@ -4,10 +4,17 @@
 library versions, Numba's threading layer, and two measured limits, the host
 memcpy bandwidth and (with a GPU) the pinned host-to-device bandwidth.  The
 loader's GB/s in the results are read against these.
+
+The harness calls :func:`profile_in_child`: measuring the host-to-device
+bandwidth makes a CUDA context and leaves device memory in torch's caching
+allocator and pinned host buffers behind; in the harness process they would
+stay for the whole sweep and move every trial's out-of-memory boundary.
+``python -m bench.hardware DEVICE OUT.json [--quick]`` is that child.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -114,8 +121,8 @@ def h2d_bandwidth(device: str, nbytes: int = 256 << 20, repeats: int = 5) -> flo
     return nbytes / best
 
 
-def profile(device: str = "cpu", *, quick: bool = False) -> dict[str, Any]:
-    """The hardware profile and its measured limits, as a JSON-ready dict."""
+def _static_profile() -> dict[str, Any]:
+    """What can be read without measuring, initialising CUDA or running a kernel."""
     import numba
     import psutil
     import torch
@@ -123,8 +130,7 @@ def profile(device: str = "cpu", *, quick: bool = False) -> dict[str, Any]:
     import fastbatch
 
     memory = psutil.virtual_memory()
-    size = (64 if quick else 256) << 20
-    out: dict[str, Any] = {
+    return {
         "cpu": cpu_model(),
         "cores": _cores(),
         "memory_bytes": memory.total,
@@ -133,14 +139,56 @@ def profile(device: str = "cpu", *, quick: bool = False) -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": {"fastbatch": fastbatch.__version__, "torch": torch.__version__, "numba": numba.__version__,
                      "numpy": np.__version__},
-        "numba_threading_layer": threading_layer(),
         "numba_threads": numba.config.NUMBA_NUM_THREADS,
         "torch_threads": torch.get_num_threads(),
-        "gpu": gpu_info(device if device.startswith("cuda") else None),
-        "memcpy_bytes_per_sec": memcpy_bandwidth(size),
-        "h2d_pinned_bytes_per_sec": None,
+        "executable": sys.executable,
     }
-    if device.startswith("cuda"):
-        out["h2d_pinned_bytes_per_sec"] = h2d_bandwidth(device, size)
-    out["executable"] = sys.executable
+
+
+def profile(device: str = "cpu", *, quick: bool = False) -> dict[str, Any]:
+    """The hardware profile and its measured limits, as a JSON-ready dict."""
+    size = (64 if quick else 256) << 20
+    out = _static_profile()
+    out.update(
+        numba_threading_layer=threading_layer(),
+        gpu=gpu_info(device if device.startswith("cuda") else None),
+        memcpy_bytes_per_sec=memcpy_bandwidth(size),
+        h2d_pinned_bytes_per_sec=h2d_bandwidth(device, size) if device.startswith("cuda") else None,
+    )
     return out
+
+
+def profile_in_child(device: str, *, quick: bool, timeout: float, workdir: str) -> dict[str, Any]:
+    """:func:`profile`, measured in a child process so that this one holds no CUDA context or buffers.
+
+    A child that fails or outlasts ``timeout`` gives the profile without its
+    measurements, with ``error`` saying why: the sweep does not depend on it.
+    """
+    from bench.trial import _last_line, _read_json, _tail, run_child
+
+    path = os.path.join(workdir, "hardware.json")
+    log = os.path.join(workdir, "hardware.log")
+    command = [sys.executable, "-m", "bench.hardware", device, path] + (["--quick"] if quick else [])
+    returncode, killed = run_child(command, log, timeout)
+    found = _read_json(path) if returncode == 0 else None
+    if found is not None:
+        return found
+    why = (f"no result within --trial-timeout {timeout:g} s; killed" if killed
+           else f"exited with code {returncode}: {_last_line(_tail(log)) or 'no message'}")
+    return {**_static_profile(), "numba_threading_layer": None, "gpu": None, "memcpy_bytes_per_sec": None,
+            "h2d_pinned_bytes_per_sec": None, "error": f"profiling the hardware in a child process failed: {why}"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.hardware DEVICE OUT.json [--quick]``: write :func:`profile` to ``OUT.json``."""
+    args = sys.argv[1:] if argv is None else argv
+    quick = "--quick" in args
+    device, path = [a for a in args if a != "--quick"]
+    found = profile(device, quick=quick)
+    with open(path + ".tmp", "w") as f:
+        json.dump(found, f)
+    os.replace(path + ".tmp", path)
+
+
+if __name__ == "__main__":
+    main()

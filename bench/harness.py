@@ -201,7 +201,8 @@ def run(prepared: Prepared, console) -> dict[str, Any]:
                   f"horizon {config.horizon}, {prepared.dataset['features']} features, "
                   f"{prepared.dataset['n_windows']} windows ({prepared.dataset['source']})")
     with console.status("profiling the hardware"):
-        hw = hardware.profile(config.device, quick=config.quick)
+        hw = hardware.profile_in_child(config.device, quick=config.quick, timeout=config.trial_timeout,
+                                       workdir=prepared.workdir)
     finished: list[dict[str, Any]] = []
     interrupted = False
     with _progress(console) as progress:

@@ -120,7 +120,8 @@ def summary(report: dict[str, Any]) -> list[str]:
         f"machine: {hw['cpu']}, {hw['cores']['usable']} cores, {format_bytes(hw['memory_bytes'])} RAM"
         + (f"; {gpu['name']} {format_bytes(gpu['memory_bytes'])}, driver {gpu['driver']}, CUDA {gpu['cuda']}" if gpu else "")
         + f"; torch {hw['versions']['torch']}, numba {hw['versions']['numba']} ({hw['numba_threading_layer']})",
-        f"limits: host memcpy {hw['memcpy_bytes_per_sec'] / 1e9:.1f} GB/s"
+        (f"limits: host memcpy {hw['memcpy_bytes_per_sec'] / 1e9:.1f} GB/s" if hw.get("memcpy_bytes_per_sec")
+         else f"limits: not measured ({hw.get('error') or 'no profile'})")
         + (f", pinned host-to-device {hw['h2d_pinned_bytes_per_sec'] / 1e9:.1f} GB/s" if hw.get("h2d_pinned_bytes_per_sec") else ""),
     ]
     limit = cfg.get("memory_limit")

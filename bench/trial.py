@@ -83,32 +83,9 @@ def run_trial(config: BenchConfig, batch_size: int, data_path: str, *, role: str
     result_path = stem + ".result.json"
     if os.path.exists(result_path):
         os.unlink(result_path)
-    env = dict(os.environ)
-    # The child finds this bench package (and the fastbatch beside it) first,
-    # while the working directory stays first for a user's --model module.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     command = [sys.executable, "-m", "bench.trial", stem + ".spec.json", result_path]
     started = time.perf_counter()
-    killed_by_us = False
-    with open(stem + ".log", "wb") as log:
-        proc = None
-        try:
-            # A session of its own: Ctrl-C reaches only the harness, which then
-            # kills the child's whole process group (DataLoader workers included).
-            with _signals_held():
-                proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                        start_new_session=True)
-            returncode = proc.wait(timeout=config.trial_timeout)
-            _kill_group(proc)  # whatever the child left behind (a DataLoader worker) goes with it
-        except subprocess.TimeoutExpired:
-            killed_by_us = True
-            _kill_group(proc)
-            returncode = proc.returncode
-        except BaseException:
-            if proc is not None:
-                _kill_group(proc)
-            raise
+    returncode, killed_by_us = run_child(command, stem + ".log", config.trial_timeout)
     wall = time.perf_counter() - started
     result = _read_json(result_path)
     log_tail = _tail(stem + ".log")
@@ -118,6 +95,42 @@ def run_trial(config: BenchConfig, batch_size: int, data_path: str, *, role: str
         result["note"] = f"the trial process exited with code {returncode} after measuring"
     result.update(role=role, wall_s=wall)
     return result
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a harness child: it finds this bench package (and the fastbatch beside it) first,
+    while its working directory, the harness's, stays first for a user's --model module."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def run_child(command: list[str], log_path: str, timeout: float) -> tuple[int | None, bool]:
+    """Run ``command`` with its output in ``log_path``; return ``(returncode, killed_by_us)``.
+
+    The child and everything it started are killed when it ends, after
+    ``timeout`` seconds (``killed_by_us``), and on Ctrl-C before
+    ``KeyboardInterrupt`` propagates.
+    """
+    with open(log_path, "wb") as log:
+        proc = None
+        try:
+            # A session of its own: Ctrl-C reaches only the harness, which then
+            # kills the child's whole process group (DataLoader workers included).
+            with _signals_held():
+                proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=child_env(),
+                                        start_new_session=True)
+            returncode = proc.wait(timeout=timeout)
+            _kill_group(proc)  # whatever the child left behind (a DataLoader worker) goes with it
+            return returncode, False
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return proc.returncode, True
+        except BaseException:
+            if proc is not None:
+                _kill_group(proc)
+            raise
 
 
 @contextlib.contextmanager
