@@ -97,6 +97,22 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _memory_limit(text: str) -> int:
+    """A size (see :func:`bench.config.parse_size`) no larger than this machine's memory."""
+    import psutil
+
+    try:
+        value = cfg.parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    total = psutil.virtual_memory().total
+    if value > total:
+        # Beyond the machine, the limit cannot bind, and past 2**63 setrlimit overflows in every trial.
+        raise argparse.ArgumentTypeError(f"must be at most this machine's memory, {cfg.format_bytes(total)} "
+                                         f"({total} bytes), got {text!r}")
+    return value
+
+
 def _device(text: str) -> str:
     if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", text):
         raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
@@ -144,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps of the synthetic series (default 2**20 on CPU, 2**23 on GPU)")
 
     g = p.add_argument_group("memory")
-    g.add_argument("--memory-limit", type=_wrap(cfg.parse_size, "size"), metavar="SIZE",
+    g.add_argument("--memory-limit", type=_memory_limit, metavar="SIZE",
                    help="host memory each trial may use, e.g. 2GiB or 1500MB (RLIMIT_DATA on the trial "
                         f"process; default on CPU: {cfg.SAFETY_FRACTION:.0%}% of the available memory)")
     g.add_argument("--gpu-memory-fraction", type=_fraction(one=True), metavar="F",

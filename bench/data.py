@@ -80,6 +80,11 @@ def load_series(path: str) -> np.ndarray:
     return array[:, None] if array.ndim == 1 else array
 
 
+def gather_dtype(array: np.ndarray) -> np.dtype:
+    """The dtype the harness gathers ``array`` as: float16 as itself (fastbatch casts it to nothing), else float32."""
+    return array.dtype if array.dtype == np.float16 else np.dtype(np.float32)
+
+
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__

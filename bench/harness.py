@@ -48,31 +48,29 @@ def _check_device(config: BenchConfig) -> None:
         raise BenchError(f"--device {config.device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
 
 
-def _check_model(config: BenchConfig, n_features: int) -> int:
-    """Build the model once on the CPU and run two windows through it; return its parameter count."""
-    import torch
+def _check_model(config: BenchConfig, n_features: int, workdir: str) -> int:
+    """Build the model once on the CPU, in a child process bounded by --trial-timeout; its parameter count."""
+    import json
+    import sys
 
-    from bench.models import build_model, resolve_factory
+    from bench.model_check import model_label
+    from bench.trial import _last_line, _read_json, _tail, run_child
 
-    name = f"--model {config.model}"
-    try:
-        resolve_factory(config.model)
-    except ValueError as error:
-        raise BenchError(f"{name}: {error}".splitlines()[0]) from None
-    if config.model_options:
-        name += " --model-options " + ",".join(f"{k}={v}" for k, v in config.model_options.items())
-    try:
-        model = build_model(config.model, config.window, config.horizon, n_features, n_features,
-                            **config.model_options)
-        with torch.no_grad():
-            out = model(torch.zeros(2, config.window, n_features))
-    except Exception as error:  # noqa: BLE001 - the user's factory can fail in any way
-        raise BenchError(f"{name}: {type(error).__name__}: {error}".splitlines()[0]) from None
-    expected = (2, config.horizon, n_features)
-    if tuple(out.shape) != expected and out.numel() != math.prod(expected):
-        raise BenchError(f"{name} maps x of shape (2, {config.window}, {n_features}) to "
-                         f"{tuple(out.shape)}; expected {expected} = (B, horizon, n_targets)")
-    return sum(p.numel() for p in model.parameters())
+    stem = os.path.join(workdir, "model-check")
+    with open(stem + ".spec.json", "w") as f:
+        json.dump({"config": config.to_dict(), "n_features": n_features, "harness_pid": os.getpid()}, f)
+    command = [sys.executable, "-m", "bench.model_check", stem + ".spec.json", stem + ".result.json"]
+    returncode, killed = run_child(command, stem + ".log", config.trial_timeout)
+    result = _read_json(stem + ".result.json")
+    if killed:
+        raise BenchError(f"{model_label(config)}: importing it, building the model and running two windows "
+                         f"through it took more than --trial-timeout {config.trial_timeout:g} s; killed")
+    if result is None:
+        raise BenchError(f"{model_label(config)}: the process checking the model ended with code {returncode} "
+                         f"before reporting: {_last_line(_tail(stem + '.log')) or 'no message'}")
+    if "error" in result:
+        raise BenchError(result["error"])
+    return result["parameters"]
 
 
 def _check_out(out: str | None) -> None:
@@ -104,16 +102,15 @@ def _check_synthetic_size(config: BenchConfig, workdir: str) -> None:
 
 def _windows(array, config: BenchConfig, source: str) -> int:
     """The number of windows, from the same ``SlidingWindows`` every trial makes: its refusals come now."""
-    import numpy as np
-
     import fastbatch as fb
+    from bench.data import gather_dtype
 
     n_steps = array.shape[0]
     if n_steps < config.window + config.horizon:
         raise BenchError(f"{source} has {n_steps} steps; window {config.window} + horizon "
                          f"{config.horizon} need at least {config.window + config.horizon}")
     try:
-        return len(fb.SlidingWindows(array, window=config.window, horizon=config.horizon, dtype=np.float32))
+        return len(fb.SlidingWindows(array, window=config.window, horizon=config.horizon, dtype=gather_dtype(array)))
     except (TypeError, ValueError) as error:
         raise BenchError(f"{source}: {error}".splitlines()[0]) from None
 
@@ -131,7 +128,7 @@ def plan_sizes(config: BenchConfig, n_windows: int) -> tuple[list[int], str]:
 
 def prepare(config: BenchConfig) -> Prepared:
     """Check the device, data and model; write the synthetic series; plan the sweep."""
-    from bench.data import load_series, write_synthetic
+    from bench.data import gather_dtype, load_series, write_synthetic
 
     _check_device(config)
     _check_out(config.out)
@@ -150,7 +147,7 @@ def prepare(config: BenchConfig) -> Prepared:
             source = "synthetic"
             n_windows = _windows(array, config, "the synthetic series")
         n_steps, n_features = array.shape
-        parameters = _check_model(config, n_features)
+        parameters = _check_model(config, n_features, workdir)
         sizes, stopped_by = plan_sizes(config, n_windows)
         if not sizes:
             raise BenchError(f"every --batch-sizes value ({','.join(map(str, config.batch_sizes))}) exceeds the "
@@ -162,7 +159,8 @@ def prepare(config: BenchConfig) -> Prepared:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     dataset = {"source": source, "series_length": n_steps, "features": n_features, "dtype": str(array.dtype),
-               "n_windows": n_windows, "bytes_per_window": (config.window + config.horizon) * n_features * 4,
+               "n_windows": n_windows,
+               "bytes_per_window": (config.window + config.horizon) * n_features * gather_dtype(array).itemsize,
                "model_parameters": parameters}
     return Prepared(config, data_path, dataset, workdir, sizes, stopped_by)
 
@@ -249,7 +247,7 @@ def build_report(config: BenchConfig, hw: dict[str, Any], dataset: dict[str, Any
             "train_samples_per_sec", "data_wait_s", "compute_s", "peak_host_bytes", "peak_host_data_bytes",
             "peak_device_bytes",
             "peak_device_reserved_bytes", "baseline_samples_per_sec", "baseline_workers", "error",
-            "final_loss", "wall_s", "loader_api")}
+            "final_loss", "wall_s")}
         row["iterations_per_epoch"] = math.ceil(dataset["n_windows"] / r["batch_size"])
         if r.get("loader_samples_per_sec") and r.get("baseline_samples_per_sec"):
             row["speedup_vs_baseline"] = r["loader_samples_per_sec"] / r["baseline_samples_per_sec"]

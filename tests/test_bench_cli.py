@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -70,6 +71,8 @@ BAD_OPTIONS = [
     (["--series-length", "100000000000"], "--series-length", "100000000000", "would take 2980 GiB"),
     (["--memory-limit", "2G"], "--memory-limit", "2G", "invalid size"),
     (["--memory-limit", "0"], "--memory-limit", "0", "more than 0 bytes"),
+    (["--memory-limit", "1000TiB"], "--memory-limit", "1000TiB", "must be at most this machine's memory"),
+    (["--memory-limit", "99999999999999999999"], "--memory-limit", "99999999999999999999", "machine's memory"),
     (["--gpu-memory-fraction", "1.5"], "--gpu-memory-fraction", "1.5", "(0, 1]"),
     (["--gpu-memory-fraction", "half"], "--gpu-memory-fraction", "half", "finite number"),
     (["--gpu-memory-fraction", "0.5"], "--gpu-memory-fraction", "cuda", "applies to --device cuda only"),
@@ -136,7 +139,6 @@ BAD_DATA = {
     "complex": (lambda path: np.save(path, np.zeros(100, np.complex64)), "got dtype complex64"),
     "truncated": (truncated, "not a readable .npy array"),
     "short": (lambda path: np.save(path, np.zeros((20, 2), np.float32)), "need at least 72"),
-    "float16": (lambda path: np.save(path, np.zeros((200, 2), np.float16)), "float16"),
 }
 
 
@@ -169,8 +171,32 @@ def test_user_model_with_the_wrong_output_shape_is_refused(tmp_path, monkeypatch
         "def build(window, horizon, n_features, n_targets):\n"
         "    return torch.nn.Flatten()\n"
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # where the user's module is, as for `python -m bench` run beside it
     assert "expected (2, 8, 8)" in error_of(["--model", "wrong_model:build"], capsys)
+
+
+# (the user's module, what the one-line error must say): none of them may end or hang the harness.
+HOSTILE_MODELS = {
+    "exits": ("import sys\nsys.exit(3)\n", "called sys.exit(3) while it was imported or built"),
+    "parses argv": ("import argparse\np = argparse.ArgumentParser()\np.add_argument('--lr', required=True)\n"
+                    "p.parse_args()\n", "called sys.exit(2) while it was imported or built"),
+    "exits in the factory": ("import sys\ndef build(*args):\n    raise SystemExit('done')\n",
+                             "called sys.exit('done')"),
+    "dies": ("import os\nos._exit(5)\n", "the process checking the model ended with code 5"),
+    "hangs": ("import time\ndef build(*args):\n    time.sleep(600)\n",
+              "took more than --trial-timeout 3 s; killed"),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_MODELS))
+def test_a_model_module_that_exits_dies_or_hangs_is_one_error_naming_model(kind, tmp_path, monkeypatch, capsys):
+    code, fragment = HOSTILE_MODELS[kind]
+    (tmp_path / "hostile.py").write_text(code + ("def build(*args):\n    pass\n" if "def build" not in code else ""))
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    line = error_of(["--model", "hostile:build", "--trial-timeout", "3", "--series-length", "1000"], capsys)
+    assert "--model hostile:build" in line and fragment in line, line
+    assert time.monotonic() - started < 60
 
 
 def test_help_documents_the_options_user_code_and_pickles():
@@ -238,3 +264,16 @@ def test_prepare_writes_the_synthetic_series_and_reads_user_data(tmp_path):
     assert prepared.dataset["features"] == 1 and prepared.dataset["dtype"] == "int16"
     with pytest.raises(BenchError):
         prepare(BenchConfig(data=str(tmp_path / "nothing.npy")))
+
+
+def test_a_float16_series_is_accepted_as_fastbatch_accepts_it(tmp_path):
+    half = tmp_path / "half.npy"
+    np.save(half, np.zeros((500, 3), np.float16))
+    prepared = prepare(BenchConfig(data=str(half), max_batch_size=8))
+    try:
+        assert prepared.dataset["dtype"] == "float16" and prepared.dataset["n_windows"] == 500 - 64 - 8 + 1
+        assert prepared.dataset["bytes_per_window"] == (64 + 8) * 3 * 2
+    finally:
+        from bench.harness import cleanup
+
+        cleanup(prepared)

@@ -201,42 +201,27 @@ def test_cuda_library_failures_under_memory_pressure_are_oom(message):
         f"RuntimeError: {message.splitlines()[0]}")
 
 
-def test_loader_without_device_keywords_falls_back_to_moving_batches(monkeypatch):
+def test_float16_series_are_trained_in_float32(series, tmp_path):
+    import numpy as np
+
+    half = tmp_path / "half.npy"
+    np.save(half, np.load(series)[:20_000].astype(np.float16))
+    result = run_trial(small_config(), 32, str(half), workdir=str(tmp_path))
+    assert result["status"] == "ok", result
+    # float16 is what the loader moves: 2 bytes a value, (64 + 8) steps x 8 features a window.
+    assert result["loader_bytes_per_sec"] == pytest.approx(result["loader_samples_per_sec"] * 72 * 8 * 2)
+    assert result["final_loss"] is not None
+
+
+def test_the_loader_casts_float16_batches_only():
     import numpy as np
     import torch
 
     import fastbatch as fb
     from bench.trial import make_loader
 
-    real = fb.WindowLoader
-
-    def older_loader(windows, *, batch_size, shuffle=False, seed=None, drop_last=False):
-        return real(windows, batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
-
-    monkeypatch.setattr(fb, "WindowLoader", older_loader)
-    windows = fb.SlidingWindows(np.zeros((100, 2), dtype=np.float32), window=4, horizon=2)
-    loader, move, api = make_loader(windows, 8, torch.device("cpu"), 2, 0)
-    assert api == "loader"
-    # "meta" stands in for a GPU: the batches must be moved by the harness.
-    loader, move, api = make_loader(windows, 8, torch.device("meta"), 2, 0)
-    x, y = move(*next(iter(loader)))
-    assert api == "to" and x.device.type == "meta" and x.shape == (8, 4, 2) and y.shape == (8, 2, 2)
-
-
-def test_loader_with_device_keywords_gets_them(monkeypatch):
-    import numpy as np
-    import torch
-
-    import fastbatch as fb
-    from bench.trial import make_loader
-
-    seen = {}
-
-    def newer_loader(windows, *, batch_size, shuffle=False, seed=None, drop_last=False, device=None, prefetch=2):
-        seen.update(device=device, prefetch=prefetch)
-        return "loader"
-
-    monkeypatch.setattr(fb, "WindowLoader", newer_loader)
-    windows = fb.SlidingWindows(np.zeros((100, 2), dtype=np.float32), window=4, horizon=2)
-    loader, move, api = make_loader(windows, 8, torch.device("cpu"), 3, 0)
-    assert api == "loader" and seen == {"device": torch.device("cpu"), "prefetch": 3}
+    for dtype, expected in ((np.float16, torch.float32), (np.float32, torch.float32), (np.float64, torch.float64)):
+        windows = fb.SlidingWindows(np.zeros((100, 2), dtype=dtype), window=4, horizon=2)
+        loader, move = make_loader(windows, 8, torch.device("cpu"), 2, 0)
+        x, y = move(*next(iter(loader)))
+        assert x.dtype == y.dtype == expected and x.shape == (8, 4, 2)
