@@ -36,8 +36,9 @@ function(window, horizon, n_features, n_targets, **model_options), which must
 return a torch.nn.Module mapping x (B, window, F) to (B, horizon, n_targets).
 --data files are memory-mapped with allow_pickle=False (never unpickled).
 Exit status: 0 with a recommendation, 1 without one, 2 for a bad option or
-input file (one line on stderr), 130 after Ctrl-C or SIGTERM (the running
-trial is killed).  See docs/bench.md for how to read the output.
+input file (one line on stderr) or an --out folder that could not be written
+after the sweep (the results then go to a new temporary folder, named on
+stderr), 130 after Ctrl-C or SIGTERM (the running trial is killed).  See docs/bench.md for how to read the output.
 """
 
 
@@ -251,8 +252,8 @@ def _console(stderr: bool = False):
     return console
 
 
-def _show(result: dict[str, Any], prepared, out: str | None) -> None:
-    """The table and summary on stdout; the files under ``out``."""
+def _show(result: dict[str, Any], prepared, out: str | None) -> bool:
+    """The table and summary on stdout; the files under ``out``.  False when ``out`` could not be written."""
     from rich.markup import escape
 
     from bench import harness, report
@@ -261,11 +262,33 @@ def _show(result: dict[str, Any], prepared, out: str | None) -> None:
     console.print(report.table(result))
     for line in report.summary(result):
         console.print(escape(line), highlight=False)
+    written = True
     if out:
-        paths = report.write_all(result, out)
-        harness.keep_logs(prepared, result, out)
-        console.print("wrote " + ", ".join(paths), highlight=False)
+        try:
+            paths = report.write_all(result, out)
+            harness.keep_logs(prepared, result, out)
+        except OSError as error:
+            # The folder was checked before the sweep; something replaced or removed it since.
+            written = False
+            paths = _rescue(result)
+            print(f"error: --out {out!r}: cannot write the results there ({error.strerror or error})"
+                  + (f"; they were written to {os.path.dirname(paths[0])} instead" if paths else ""), file=sys.stderr)
+        if paths:
+            console.print("wrote " + escape(", ".join(paths)), highlight=False)
     console.print(f"done in {result['elapsed_s']:.0f} s", highlight=False)
+    return written
+
+
+def _rescue(result: dict[str, Any]) -> list[str]:
+    """Write the report into a new temporary folder; its paths, or none if that fails too."""
+    import tempfile
+
+    from bench import report
+
+    try:
+        return report.write_all(result, tempfile.mkdtemp(prefix="fastbatch-bench-results-"))
+    except OSError:
+        return []
 
 
 def _interrupted(detail: str = "") -> int:
@@ -303,11 +326,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return _interrupted()
     try:
         result = harness.run(prepared, _console(stderr=True))
-        _show(result, prepared, config.out)
+        written = _show(result, prepared, config.out)
     except KeyboardInterrupt:  # outside the sweep (profiling, plotting): nothing to report
         return _interrupted()
     finally:
         harness.cleanup(prepared)
     if result["interrupted"]:
         return _interrupted("the sweep ended early; the report above is partial")
+    if not written:
+        return 2
     return 0 if result["recommended_batch_size"] else 1

@@ -195,9 +195,10 @@ def run(prepared: Prepared, console) -> dict[str, Any]:
 
     config = prepared.config
     started = time.perf_counter()
-    console.print(f"[bold]fastbatch bench[/]: {config.model} on {config.device}, window {config.window}, "
+    # User text (a --data path, a --model spec) may hold [...], which rich would take for markup.
+    console.print(f"[bold]fastbatch bench[/]: {escape(config.model)} on {config.device}, window {config.window}, "
                   f"horizon {config.horizon}, {prepared.dataset['features']} features, "
-                  f"{prepared.dataset['n_windows']} windows ({prepared.dataset['source']})")
+                  f"{prepared.dataset['n_windows']} windows ({escape(prepared.dataset['source'])})")
     with console.status("profiling the hardware"):
         hw = hardware.profile_in_child(config.device, quick=config.quick, timeout=config.trial_timeout,
                                        workdir=prepared.workdir)

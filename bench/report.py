@@ -72,11 +72,12 @@ def _notes(report: dict[str, Any]) -> dict[int, list[str]]:
 def table(report: dict[str, Any]):
     """A ``rich.table.Table`` with one row per trial."""
     from rich.markup import escape
+    from rich.markup import escape
     from rich.table import Table
 
     gpu = report["config"]["device"].startswith("cuda")
     t = Table(caption="samples per second (/s); waiting: share of training time blocked on the next batch",
-              title=f"batch sizes on {report['config']['device']}: {report['config']['model']} model, "
+              title=f"batch sizes on {report['config']['device']}: {escape(report['config']['model'])} model, "
                     f"window {report['config']['window']}, horizon {report['config']['horizon']}, "
                     f"{report['dataset']['features']} features", title_justify="left")
     for name in ("batch", "status", "loader/s", "loader GB/s", "train/s", "waiting", "DataLoader/s",
@@ -96,7 +97,7 @@ def table(report: dict[str, Any]):
         if r.get("role") == "boundary":
             note = ", ".join(filter(None, ["probe", note]))
         if status not in ("ok", "oom") and r.get("error"):
-            note = ", ".join(filter(None, [note, r["error"][:60]]))
+            note = ", ".join(filter(None, [note, escape(r["error"][:60])]))
         device_peak = ()
         if gpu:
             device_peak = (f"{format_bytes(r.get('peak_device_bytes'))} / {format_bytes(r.get('peak_device_reserved_bytes'))}",)

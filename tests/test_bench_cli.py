@@ -277,3 +277,63 @@ def test_a_float16_series_is_accepted_as_fastbatch_accepts_it(tmp_path):
         from bench.harness import cleanup
 
         cleanup(prepared)
+
+
+FAKE_PROFILE = {"cpu": "Test CPU", "cores": {"logical": 2, "physical": 2, "usable": 2}, "memory_bytes": 2**33,
+                "versions": {"fastbatch": "0", "torch": "0", "numba": "0", "numpy": "0"},
+                "numba_threading_layer": "omp", "gpu": None, "memcpy_bytes_per_sec": 1e10,
+                "h2d_pinned_bytes_per_sec": None}
+
+
+def fake_sweep(monkeypatch, during=None):
+    """Trials and the profile replaced by instant fakes; ``during()`` runs inside the first trial."""
+    from bench import hardware, trial
+
+    def run_trial(config, size, path, *, role, **kwargs):
+        if during is not None and not calls:
+            during()
+        calls.append(size)
+        return {"batch_size": size, "status": "ok", "role": role, "loader_samples_per_sec": 1e5,
+                "train_samples_per_sec": 1e4, "data_wait_s": 0.0, "compute_s": 1.0, "peak_host_bytes": 2**28}
+
+    calls: list[int] = []
+    monkeypatch.setattr(trial, "run_trial", run_trial)
+    monkeypatch.setattr(hardware, "profile_in_child", lambda *args, **kwargs: dict(FAKE_PROFILE))
+    return calls
+
+
+def test_user_text_with_brackets_is_printed_as_it_is(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "runs[bold]" / "[red]x"
+    folder.mkdir(parents=True)
+    data, out = folder / "series[1].npy", folder / "out[blue]"
+    np.save(data, np.random.default_rng(0).random((600, 2), dtype=np.float32))
+    fake_sweep(monkeypatch)
+    assert cli.main(["--device", "cpu", "--data", str(data), "--batch-sizes", "4,8", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert str(data) in " ".join(captured.err.split()), captured.err
+    assert str(out / "results.json") in captured.out.replace("\n", "")
+    assert (out / "results.json").exists()
+
+
+def test_out_replaced_by_a_file_mid_sweep_is_one_error_and_the_results_are_kept(tmp_path, monkeypatch, capsys):
+    import json
+    import shutil
+
+    out = tmp_path / "out"
+
+    def replace_with_a_file():
+        shutil.rmtree(out)
+        out.write_text("not a folder any more")
+
+    fake_sweep(monkeypatch, during=replace_with_a_file)
+    assert cli.main(["--device", "cpu", "--series-length", "600", "--batch-sizes", "4,8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line, = [line for line in err.splitlines() if line.startswith("error: --out")]
+    assert f"--out {str(out)!r}: cannot write the results there" in line
+    rescued = line.rsplit("they were written to ", 1)[1].removesuffix(" instead")
+    try:
+        assert [r["batch_size"] for r in json.loads(open(os.path.join(rescued, "results.json")).read())["results"]] \
+            == [4, 8]
+    finally:
+        shutil.rmtree(rescued)
