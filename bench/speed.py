@@ -163,9 +163,10 @@ def _prefetched(loader: Any) -> int:
     The prefetch thread works while the other methods are timed; its queued
     chunks (and the one being handed out) must not count as the next span's.
     """
-    chunk = getattr(loader, "_chunk_batches", 1)
-    depth = getattr(loader, "_depth", 0) if getattr(loader, "prefetch", 0) else 0
-    return (depth + 2) * chunk
+    if not isinstance(loader, fb.WindowLoader):
+        return 0
+    depth = loader.queue_chunks if loader.prefetch else 0
+    return (depth + 2) * loader.chunk_batches
 
 
 class CpuShare:

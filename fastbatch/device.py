@@ -58,14 +58,38 @@ def choose_placement(placement: str, device: torch.device, windows: SlidingWindo
         return "host"
     if placement != "auto":
         return placement
-    free, _total = torch.cuda.mem_get_info(device)
-    return "device" if windows.data.nbytes <= DEVICE_RESIDENT_FRACTION * free else "host"
+    return "device" if windows.data.nbytes <= DEVICE_RESIDENT_FRACTION * usable_memory(device) else "host"
 
 
-def upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Copy an ``(N, F)`` array of any strides to ``device`` in row blocks (no full host copy)."""
-    torch_dtype = torch.from_numpy(np.empty(0, array.dtype)).dtype
-    out = torch.empty(array.shape, dtype=torch_dtype, device=device)
+def usable_memory(device: torch.device) -> int:
+    """Bytes this process can still allocate on ``device``.
+
+    Not the card's free memory alone: what the caching allocator holds but
+    does not use is available to us, and ``torch.cuda.set_per_process_memory_fraction``
+    caps what we may reserve in all.
+    """
+    free, total = torch.cuda.mem_get_info(device)
+    fraction = torch.cuda.get_per_process_memory_fraction(device) \
+        if hasattr(torch.cuda, "get_per_process_memory_fraction") else 1.0
+    return usable_bytes(free, total, fraction, torch.cuda.memory_reserved(device),
+                        torch.cuda.memory_allocated(device))
+
+
+def usable_bytes(free: int, total: int, fraction: float, reserved: int, allocated: int) -> int:
+    """``usable_memory``'s arithmetic: cached-but-unused memory plus what may still be reserved."""
+    may_reserve = max(0, int(fraction * total) - reserved)
+    return max(0, reserved - allocated) + min(free, may_reserve)
+
+
+def upload(array: np.ndarray, device: torch.device, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Copy an ``(N, F)`` array of any strides to ``device`` (into ``out`` if given) in row blocks.
+
+    Blocks keep a strided or memory-mapped series from ever needing a second
+    full copy in RAM.
+    """
+    if out is None:
+        torch_dtype = torch.from_numpy(np.empty(0, array.dtype)).dtype
+        out = torch.empty(array.shape, dtype=torch_dtype, device=device)
     rows = max(1, _UPLOAD_ROWS_BYTES // max(1, array.strides[0] if array.strides[0] > 0 else array.itemsize))
     for start in range(0, array.shape[0], rows):
         block = np.ascontiguousarray(array[start : start + rows])
@@ -74,12 +98,16 @@ def upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 class DeviceWindows:
-    """The series on the GPU and each batch built there by index arithmetic.
+    """The series on the device and each chunk built there by index arithmetic.
 
     ``x = data[starts[:, None] + arange(T) * dilation]`` and likewise ``y``: one
-    gather kernel per chunk, no host work per batch and no per-batch copy over
-    PCIe.  The cast and the standardisation use the same IEEE operations as the
-    host kernel, so both paths give the same bits.
+    indexing kernel per chunk, no host work per window and no per-batch copy
+    over PCIe.  Many series are laid end to end on the device (a list of
+    series is uploaded series by series); a window's first row is its
+    series' first row plus its place in the series times the stride.  The
+    cast and the standardisation use the same IEEE operations as the host
+    kernel, so both paths give the same bits.  Plain torch code: on a CPU
+    ``device`` it runs the same arithmetic (the placement parity test does).
     """
 
     def __init__(self, windows: SlidingWindows, device: torch.device, out_dtype: torch.dtype,
@@ -87,8 +115,16 @@ class DeviceWindows:
         self.windows = windows
         self.device = device
         self.out_dtype = out_dtype
-        self.data = upload(windows.data, device)
         w = windows
+        arrays = w._arrays if w._arrays is not None else [w.data]
+        self.data = upload_rows(arrays, device)
+        self.stride = w._kernel_stride
+        if w.many_series:
+            lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64) if w._arrays is not None \
+                else w.series_lengths
+            row_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            self.row_starts = torch.as_tensor(row_starts, device=device)
+            self.offsets = torch.as_tensor(w.series_offsets[:-1].astype(np.int64), device=device)
         self.x_offsets = torch.arange(w.window, device=device) * w.dilation
         self.y_offsets = torch.arange(w.horizon, device=device) + (w.window - 1) * w.dilation + 1
         all_columns = w.n_targets == w.n_features and np.array_equal(w.target_columns, np.arange(w.n_features))
@@ -96,25 +132,34 @@ class DeviceWindows:
         self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float64, device=device)
         self.std = None if std is None else torch.as_tensor(std, dtype=torch.float64, device=device)
 
-    def ids_tensor(self, ids: np.ndarray) -> torch.Tensor:
-        """Window ids to the device (one upload per epoch or chunk)."""
-        return torch.from_numpy(np.ascontiguousarray(ids)).to(self.device, non_blocking=False)
-
-    def gather(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self.windows
-        starts = ids.to(torch.int64) * w._kernel_stride
+    def gather(self, ids: torch.Tensor, series: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of windows ``ids`` as ``(n, T, F)`` and ``(n, H, n_targets)``; ``series`` with many series."""
+        ids = ids.to(torch.int64)
+        if series is None:
+            starts = ids * self.stride
+        else:
+            starts = self.row_starts[series] + (ids - self.offsets[series]) * self.stride
         x = self.data[starts[:, None] + self.x_offsets]
         y = self.data[starts[:, None] + self.y_offsets]
         if self.columns is not None:
             y = y.index_select(2, self.columns)
-        x, y = self._transform(x, slice(None)), self._transform(y, self.columns)
-        if w.univariate:
-            x, y = x.reshape(x.shape[0], w.window), y.reshape(y.shape[0], w.horizon)
-        return x, y
+        return self._transform(x, None), self._transform(y, self.columns)
 
     def _transform(self, values: torch.Tensor, columns) -> torch.Tensor:
         if self.mean is None:
             return values.to(self.out_dtype)
-        mean = self.mean if columns is None or isinstance(columns, slice) else self.mean[columns]
-        std = self.std if columns is None or isinstance(columns, slice) else self.std[columns]
+        mean = self.mean if columns is None else self.mean[columns]
+        std = self.std if columns is None else self.std[columns]
         return ((values.to(torch.float64) - mean) / std).to(self.out_dtype)
+
+
+def upload_rows(arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """``(N_s, F)`` arrays laid end to end in one device tensor, uploaded in row blocks."""
+    first = arrays[0]
+    torch_dtype = torch.from_numpy(np.empty(0, first.dtype)).dtype
+    out = torch.empty((sum(a.shape[0] for a in arrays), first.shape[1]), dtype=torch_dtype, device=device)
+    at = 0
+    for a in arrays:
+        upload(a, device, out[at : at + a.shape[0]])
+        at += a.shape[0]
+    return out

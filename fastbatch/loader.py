@@ -1,16 +1,19 @@
 """WindowLoader: batches of windows as torch tensors, on the CPU or a CUDA device.
 
-One batch travels: epoch order -> gather kernel into a staging buffer ->
-(CUDA) asynchronous copy on a side stream -> the user's training step.
-Windows are gathered one *chunk* of batches per kernel call (about
-:data:`CHUNK_BYTES`), so small batches pay no kernel call and almost no Python
-each; a background thread keeps ``prefetch`` batches ready.  The protocol is
-NOTE [ Staging, streams and shutdown ] in docs/design.md.
+The loader keeps configuration, epoch and resume state.  ``iter(loader)``
+freezes the configuration into a :class:`fastbatch.pipeline.Plan`, lends the
+producer the loader's staging memory, and starts the producer (a background
+thread with ``prefetch > 0``); the returned iterator cuts the producer's
+chunks into batches.  Windows are gathered one *chunk* of batches per kernel
+call (about :data:`CHUNK_BYTES`), so small batches pay no kernel call and
+almost no Python each.  The protocol is NOTE [ Staging, streams and shutdown ]
+in docs/design.md.
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -22,7 +25,8 @@ from fastbatch._checks import _show, check_bool, check_int, check_seed
 from fastbatch.device import PLACEMENTS, DeviceWindows, choose_placement, resolve_device
 from fastbatch.distributed import resolve_ranks
 from fastbatch.normalize import check_normalize, resolve_normalize
-from fastbatch.order import EpochOrder, resolve_order, shard_size
+from fastbatch.order import resolve_order, shard_size
+from fastbatch.pipeline import Chunk, Plan, cpu_chunks, pinned_chunks, resident_chunks
 from fastbatch.prefetch import Prefetcher
 from fastbatch.resume import check_state, make_state
 from fastbatch.staging import HostPool, PinnedRing
@@ -52,17 +56,6 @@ def _chunk_batches(batch_bytes: int, n_batches: int, device_resident: bool) -> i
     else:
         wanted = min(max(MIN_CHUNK_BATCHES, CHUNK_BYTES // batch_bytes), MAX_CHUNK_BYTES // batch_bytes)
     return max(1, min(n_batches, wanted))
-
-
-@dataclass
-class _Chunk:
-    """Batches gathered together; ``ready`` is the CUDA event their copy recorded."""
-
-    xs: tuple
-    ys: tuple
-    ready: Any = None
-    bases: tuple = ()
-    series: tuple = ()
 
 
 @dataclass
@@ -103,16 +96,18 @@ class WindowLoader:
         cast happens inside the gather; ``torch.bfloat16`` is gathered as
         float32 and cast on the device after the copy.
     normalize:
-        ``None`` (default), ``True`` (per-feature mean and std of the windows'
-        data, computed once here: build the windows over the training range) or
-        ``(mean, std)``.  Applied to inputs and targets in the gather pass.
+        ``None`` (default), ``True`` (per-feature mean and std over every row
+        of ``windows.data``, computed once here: build the windows over the
+        training range) or ``(mean, std)``.  Applied to inputs and targets in
+        the gather pass.
     placement:
         With a CUDA device: ``"host"`` keeps the series in host memory and
         copies each batch; ``"device"`` copies the series to the GPU once and
         gathers there; ``"auto"`` (default) picks ``"device"`` when the series
-        takes at most ``fastbatch.device.DEVICE_RESIDENT_FRACTION`` of the free
-        GPU memory.  Many series (a list, or ``lengths=``) are gathered on the
-        host: ``"auto"`` picks ``"host"`` and ``"device"`` raises.
+        takes at most ``fastbatch.device.DEVICE_RESIDENT_FRACTION`` of the GPU
+        memory this process may still use (free memory, memory the caching
+        allocator holds unused, within ``set_per_process_memory_fraction``).
+        Every option works the same on both placements.
     order:
         ``None`` (default): ``"sequential"`` or, with ``shuffle=True``,
         ``"shuffle"``.  ``"shuffle"``: a uniform permutation, stored up to
@@ -128,7 +123,7 @@ class WindowLoader:
         otherwise the shortfall is padded with the epoch's first windows
         (``DistributedSampler``'s rules).
     num_threads:
-        Threads of the gather kernel.  ``None`` (default): the loader times
+        Threads of the gather kernel (and of the order's kernel).  ``None`` (default): the loader times
         its gathers and uses all of Numba's threads or one, whichever is
         faster at the moment (one wins when the training step or another
         process keeps cores busy); an integer fixes the count.
@@ -141,9 +136,21 @@ class WindowLoader:
     Each ``iter(loader)`` runs epoch :attr:`epoch` and then advances it by one,
     so consecutive epochs are shuffled differently; :meth:`set_epoch` sets the
     epoch of the next iteration explicitly (as with ``DistributedSampler``).
-    A new ``iter()`` stops the previous iterator of the same loader.
+    A new ``iter()`` stops the previous iterator of the same loader (its next
+    ``next()`` raises ``RuntimeError``).  An iterator may be shared by threads:
+    each batch goes to exactly one of them.  Every batch is a new tensor
+    object, and its memory is not reused while anything refers to it.
     :meth:`state_dict` / :meth:`load_state_dict` save and resume the position
-    within an epoch.  With ``windows.return_series_id`` batches are
+    within an epoch.
+
+    Attributes
+    ----------
+    chunk_batches:
+        Batches gathered per kernel call (about :data:`CHUNK_BYTES` of
+        windows, at least :data:`MIN_CHUNK_BATCHES`).
+    queue_chunks:
+        Chunks the prefetch queue holds: ``ceil(prefetch / chunk_batches)``;
+        up to ``queue_chunks * chunk_batches`` batches may be ready ahead.  With ``windows.return_series_id`` batches are
     ``(x, y, series_ids)``.
     """
 
@@ -185,11 +192,6 @@ class WindowLoader:
         self.dtype, self._gather_dtype = _batch_dtypes(dtype, windows)
         check_nan = check_bool("check_nan", check_nan)
         normalize = check_normalize(normalize, windows.n_features, self._gather_dtype)
-        if windows.many_series:
-            if placement == "device":
-                raise ValueError("placement='device' does not support many series yet; use placement='host' "
-                                 "(placement='auto' picks it)")
-            placement = "host"
         self.placement = choose_placement(placement, self.device, windows)
         # Every argument is checked above; the passes over the data come last.
         if check_nan:
@@ -201,14 +203,16 @@ class WindowLoader:
         # This rank's windows per epoch: all of them for one process.
         n = self._shard = shard_size(len(windows), self.world_size, self.drop_last)
         self.n_batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-        self._chunk_batches = _chunk_batches(
+        # How the batches are made: "cpu", "pinned" (host gather, copy to the
+        # device) or "resident" (gathered on the device).
+        self._path = "resident" if self.placement == "device" else ("pinned" if self.device.type == "cuda" else "cpu")
+        self.chunk_batches = _chunk_batches(
             self.batch_size * windows.window_nbytes, self.n_batches, self.placement == "device"
         )
-        self._chunk_windows = min(self._chunk_batches * self.batch_size, max(1, n))
-        self._depth = max(1, -(-self.prefetch // self._chunk_batches))
-        self._staging: HostPool | PinnedRing | None = None
+        self.queue_chunks = max(1, -(-self.prefetch // self.chunk_batches))
+        self._store = _StagingStore()
+        self._threads_lock = threading.Lock()
         self._device_windows: DeviceWindows | None = None
-        self._copy_stream = None
         self._active: weakref.ref | None = None
 
     # -- public ---------------------------------------------------------------
@@ -274,7 +278,9 @@ class WindowLoader:
         epoch, start = self.epoch, self._resume_position
         self.epoch, self._resume_position = epoch + 1, 0
         self._progress = _Progress(epoch, start)
-        it = _EpochIterator(self, epoch, self._progress)
+        plan = self._plan()
+        chunks = self._producer(plan, epoch, start * self.batch_size)
+        it = _EpochIterator(plan, epoch, self._progress, chunks, self.prefetch, self.queue_chunks)
         self._active = weakref.ref(it)
         return it
 
@@ -287,120 +293,129 @@ class WindowLoader:
         )
 
     # -- producer side ----------------------------------------------------------
-    def _spans(self, epoch: int, position: int = 0) -> Iterator[np.ndarray]:
-        """Window ids of each chunk of the epoch (this rank's share), from batch ``position`` on."""
-        spec = self.order
-        order = EpochOrder(len(self.windows), shuffle=self.shuffle, seed=self.seed, epoch=epoch, kind=spec.kind,
-                           block=(spec.block_windows, spec.pool_blocks), rank=self.rank,
-                           world_size=self.world_size, drop_last=self.drop_last)
-        total = self.n_samples
-        for start in range(position * self.batch_size, total, self._chunk_windows):
-            yield order.ids(start, min(start + self._chunk_windows, total))
+    def _plan(self) -> Plan:
+        """The frozen configuration the next epoch's producer reads (and nothing else)."""
+        return Plan(windows=self.windows, batch_size=self.batch_size, n_samples=self.n_samples,
+                    chunk_windows=min(self.chunk_batches * self.batch_size, max(1, self._shard)),
+                    order=self.order, seed=self.seed, rank=self.rank, world_size=self.world_size,
+                    drop_last=self.drop_last, mean=self._mean, std=self._std, dtype=self.dtype,
+                    gather_dtype=self._gather_dtype, device=self.device, path=self._path)
 
-    def _host_chunks(self, epoch: int, position: int = 0) -> Iterator[_Chunk]:
-        w = self.windows
-        cuda = self.device.type == "cuda"
-        staging = self._host_staging()
-        for ids in self._spans(epoch, position):
-            n = ids.shape[0]
-            buf = staging.take(n)
-            # A small array per chunk, handed out as views: 8 bytes a window.
-            series = np.empty(n, dtype=np.int64) if w.return_series_id else None
-            w.check_source()
-            with self._threads.run(n * w.window_nbytes):
-                w.gather(ids, buf.x[:n], buf.y[:n], mean=self._mean, std=self._std, series_out=series, check=False)
-            if cuda:
-                yield self._copy_to_device(buf, n, series)
-            else:
-                xs, ys = buf.batch_views(n, self.batch_size, self._as_batches)
-                s = () if series is None else torch.from_numpy(series).split(self.batch_size)
-                chunk = _Chunk(xs, ys, series=s)
-                # The buffer stays leased while this chunk lives: queued, or
-                # being handed out.  Cached views that wait in the queue hold
-                # no extra reference a count could see.
-                buf.lease = weakref.ref(chunk)
-                del buf, xs, ys
-                yield chunk
-                del chunk
+    def _producer(self, plan: Plan, epoch: int, start: int) -> Iterator[Chunk]:
+        """The chunks of ``epoch`` from window position ``start``, made with staging lent for the epoch."""
+        resident = self._resident(plan) if plan.path == "resident" else None
+        return _produce(plan, epoch, start, self._store, self._threads, resident, self.queue_chunks)
 
-    def _as_batches(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gathered arrays as the chunk's batch tensors (views unless a bfloat16 cast copies)."""
-        univariate = self.windows.univariate
-        return _as_batch(torch.from_numpy(x), univariate, self.dtype), _as_batch(torch.from_numpy(y), univariate, self.dtype)
-
-    def _copy_to_device(self, buf, n: int, series: np.ndarray | None = None) -> _Chunk:
-        # The copy runs on the loader's side stream; the consumer's stream waits
-        # on `ready` before the batch is handed out, and the slot is rewritten
-        # only after `ready` (NOTE [ Staging, streams and shutdown ]).
-        w = self.windows
-        with torch.cuda.stream(self._copy_stream):
-            x = buf.pinned_x[:n].to(self.device, non_blocking=True)
-            y = buf.pinned_y[:n].to(self.device, non_blocking=True)
-            x = _as_batch(x, w.univariate, self.dtype)
-            y = _as_batch(y, w.univariate, self.dtype)
-            # Pageable and used once, so a plain (host-synchronous) copy is safe.
-            s = None if series is None else torch.from_numpy(series).to(self.device)
-            ready = torch.cuda.Event()
-            ready.record(self._copy_stream)
-        buf.event = ready
-        bases = (x, y) if s is None else (x, y, s)
-        return _Chunk(x.split(self.batch_size), y.split(self.batch_size), ready, bases,
-                      () if s is None else s.split(self.batch_size))
-
-    def _device_chunks(self, epoch: int, position: int = 0) -> Iterator[_Chunk]:
-        dw = self._device_resident()
-        # The epoch's ids travel to the GPU once; each chunk is a slice of them.
-        spans = list(self._spans(epoch, position))
-        epoch_ids = dw.ids_tensor(np.concatenate(spans) if spans else np.empty(0, np.int64))
-        for start in range(0, epoch_ids.shape[0], self._chunk_windows):
-            x, y = dw.gather(epoch_ids[start : start + self._chunk_windows])
-            x, y = x.to(self.dtype), y.to(self.dtype)
-            yield _Chunk(x.split(self.batch_size), y.split(self.batch_size))
-
-    def _host_staging(self):
-        if self._staging is None:
-            w = self.windows
-            x_tail, y_tail = (w.window, w.n_features), (w.horizon, w.n_targets)
-            if self.device.type == "cuda":
-                self._copy_stream = torch.cuda.Stream(self.device)
-                self._staging = PinnedRing(x_tail, y_tail, self._gather_dtype, self._chunk_windows, self._depth + 2)
-            else:
-                self._staging = HostPool(x_tail, y_tail, self._gather_dtype, self._depth + 3)
-        return self._staging
-
-    def _device_resident(self) -> DeviceWindows:
+    def _resident(self, plan: Plan):
+        # Made once, in the caller's thread, on the loader's device.
         if self._device_windows is None:
-            gather_dtype = torch.from_numpy(np.empty(0, self._gather_dtype)).dtype
-            self._device_windows = DeviceWindows(self.windows, self.device, gather_dtype, self._mean, self._std)
+            gather_dtype = torch.from_numpy(np.empty(0, plan.gather_dtype)).dtype
+            with _device_context(plan.device):
+                self._device_windows = DeviceWindows(self.windows, plan.device, gather_dtype, self._mean, self._std)
         return self._device_windows
 
-    def _on_producer_start(self) -> None:
-        # The producer thread issues CUDA work for this loader's device only.
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
+
+class _StagingStore:
+    """The loader's staging memory, lent to one producer at a time.
+
+    A producer that is still running when the next one starts (a superseded
+    iterator whose thread has not stopped yet) keeps what it was lent; the
+    new producer gets staging of its own, so no two producers ever write to
+    the same memory.  What comes back is kept for the next epoch.
+    """
+
+    def __init__(self) -> None:
+        self._idle: list = []
+        self._lock = threading.Lock()
+
+    def lend(self, path: str, device: torch.device, depth: int):
+        with self._lock:
+            for k, staging in enumerate(self._idle):
+                if staging.path == path:
+                    return self._idle.pop(k)
+        return _Staging(path, device, depth)
+
+    def give_back(self, staging) -> None:
+        with self._lock:
+            if not any(s.path == staging.path for s in self._idle):
+                self._idle.append(staging)
+
+
+class _Staging:
+    """One producer's staging: a host pool, or a pinned ring and its copy stream."""
+
+    def __init__(self, path: str, device: torch.device, depth: int) -> None:
+        self.path = path
+        cuda = device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if cuda else None
+        # Chunks in the queue, one being handed out, one being gathered, and
+        # slack for a user who holds a batch a little longer.
+        self.pool = HostPool(depth + 3) if path == "cpu" else None
+        self.ring = None if path == "cpu" else PinnedRing(depth + 2, pin=cuda)
+
+
+def _produce(plan: Plan, epoch: int, start: int, store: _StagingStore, threads: GatherThreads,
+             resident, depth: int) -> Iterator[Chunk]:
+    staging = store.lend(plan.path, plan.device, depth)
+    try:
+        if plan.path == "cpu":
+            yield from cpu_chunks(plan, epoch, start, staging.pool, threads)
+        elif plan.path == "pinned":
+            yield from pinned_chunks(plan, epoch, start, staging.ring, staging.stream, threads)
+        else:
+            yield from resident_chunks(plan, epoch, start, resident, staging.ring, staging.stream)
+    finally:
+        store.give_back(staging)
+
+
+def _device_context(device: torch.device):
+    """``torch.cuda.device(device)`` for a CUDA device (restores the caller's device on exit), else nothing."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return _NoContext()
+
+
+class _NoContext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
 
 
 class _EpochIterator:
-    """The consumer side of one epoch: hands out the batches of each chunk in turn."""
+    """The consumer side of one epoch: cuts the producer's chunks into batches.
 
-    def __init__(self, loader: WindowLoader, epoch: int, progress: _Progress | None = None) -> None:
+    Every batch is a new tuple of new tensor objects (views of the chunk, which
+    owns its memory).  A lock makes each ``next()`` hand out a distinct batch
+    when several threads share the iterator.  An exception out of ``next()``
+    (from the producer, or a ``KeyboardInterrupt``) ends the iterator: later
+    calls raise ``RuntimeError``, and the loader's ``state_dict()`` counts only
+    the batches delivered.
+    """
+
+    def __init__(self, plan: Plan, epoch: int, progress: _Progress, chunks: Iterator[Chunk], prefetch: int,
+                 depth: int) -> None:
         self.epoch = epoch
-        self._progress = _Progress(epoch, 0) if progress is None else progress
-        start = self._progress.position
+        self._progress = progress
+        self._batch_size = plan.batch_size
         self._batches: Iterator = iter(())
-        self._chunk: _Chunk | None = None
         self._closed = False
         self._superseded = False
-        self._cuda = loader.device if loader.device.type == "cuda" else None
-        if loader.placement == "device":
-            self._chunks: Any = loader._device_chunks(epoch, start)
-        elif loader.prefetch == 0:
-            if self._cuda is not None:
-                loader._on_producer_start()
-            self._chunks = loader._host_chunks(epoch, start)
+        self._failed: BaseException | None = None
+        self._lock = threading.Lock()
+        self._cuda = plan.device if plan.device.type == "cuda" else None
+        if prefetch == 0:
+            # The producer runs in the caller's thread: its device is set only
+            # around each step (see _next_chunk).
+            self._chunks: Any = chunks
+            self._in_caller = True
         else:
-            self._chunks = Prefetcher(loader._host_chunks(epoch, start), loader._depth,
-                                      on_start=loader._on_producer_start)
+            device = plan.device
+            on_start = (lambda: torch.cuda.set_device(device)) if self._cuda is not None else None
+            # set_device in the thread the loader owns, never in the caller's.
+            self._chunks = Prefetcher(chunks, depth, on_start=on_start)
+            self._in_caller = False
 
     @property
     def position(self) -> int:
@@ -410,52 +425,80 @@ class _EpochIterator:
     def __iter__(self) -> "_EpochIterator":
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            batch = next(self._batches)
-        except StopIteration:
-            batch = self._next_chunk()
-        self._progress.position += 1
-        return batch
+    def __next__(self):
+        with self._lock:
+            if self._failed is not None:
+                raise RuntimeError(
+                    f"this iterator stopped at batch {self._progress.position} of epoch {self.epoch} when "
+                    f"{type(self._failed).__name__} was raised in it; loader.state_dict() holds that position: "
+                    "load it (loader.load_state_dict) and call iter(loader) to continue exactly there"
+                ) from self._failed
+            try:
+                batch = next(self._batches)
+            except StopIteration:
+                try:
+                    batch = self._next_chunk()
+                except StopIteration:
+                    raise
+                except BaseException as error:
+                    if not self._superseded:
+                        self._failed = error
+                    self.close(superseded=self._superseded)
+                    raise
+            self._progress.position += 1
+            return batch
 
     def _next_chunk(self):
         if self._closed:
-            if self._superseded:
-                raise RuntimeError(
-                    "this iterator was stopped by a newer iter() of the same WindowLoader: "
-                    "a loader runs one epoch at a time"
-                )
-            raise StopIteration
+            self._raise_closed()
         try:
-            chunk = next(self._chunks)
+            if self._in_caller:
+                with _device_context(self._cuda or torch.device("cpu")):
+                    chunk = next(self._chunks)
+            else:
+                chunk = next(self._chunks)
         except StopIteration:
+            if self._superseded:
+                self._raise_closed()
             self.close()
             raise
+        if self._closed:
+            self._raise_closed()
+        fields = chunk.fields
         if chunk.ready is not None:
             stream = torch.cuda.current_stream(self._cuda)
             stream.wait_event(chunk.ready)
-            for base in chunk.bases:
+            for field in fields:
                 # Allocated on the copy stream, used on the consumer's: keep the
                 # allocator from reusing the memory before that use is done.
-                base.record_stream(stream)
-        self._batches = zip(chunk.xs, chunk.ys, chunk.series) if chunk.series else zip(chunk.xs, chunk.ys)
-        # Holding the chunk keeps its staging buffer leased until every batch
-        # of it has been handed out (NOTE [ Staging, streams and shutdown ]).
-        self._chunk = chunk
+                field.record_stream(stream)
+        self._batches = iter(chunk.batches)
         return next(self._batches)
+
+    def _raise_closed(self):
+        if self._superseded:
+            raise RuntimeError(
+                "this iterator was stopped by a newer iter() of the same WindowLoader: "
+                "a loader runs one epoch at a time"
+            )
+        raise StopIteration
 
     def close(self, superseded: bool = False) -> None:
         """Stop producing; idempotent."""
         if self._closed:
             return
-        self._closed = True
         self._superseded = superseded
+        self._closed = True
         self._batches = iter(())
-        self._chunk = None
         chunks, self._chunks = self._chunks, iter(())
         close = getattr(chunks, "close", None)
         if close is not None:
-            close()
+            try:
+                close()
+            except ValueError:
+                # A generator running in another thread (prefetch=0, iterated
+                # from two threads): it ends itself when it sees _closed.
+                pass
 
     def __del__(self) -> None:
         try:
@@ -474,13 +517,6 @@ def _batch_dtypes(dtype: Any, windows: SlidingWindows) -> tuple[torch.dtype, np.
         return torch.bfloat16, np.dtype(np.float32)
     gather = windows.dtype if dtype is None else _resolve_dtype("dtype", dtype, windows.data.dtype)
     return torch.from_numpy(np.empty(0, gather)).dtype, gather
-
-
-def _as_batch(t: torch.Tensor, univariate: bool, dtype: torch.dtype) -> torch.Tensor:
-    """``(n, T, 1)`` -> ``(n, T)`` for 1-D series, then the final dtype (a no-op unless bfloat16)."""
-    if univariate:
-        t = t.reshape(t.shape[0], t.shape[1])
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _raise_on_nan(windows: SlidingWindows) -> None:

@@ -71,13 +71,12 @@ def _stop_all_at_exit() -> None:
 class Prefetcher:
     """Iterate over ``source`` while a daemon thread keeps up to ``depth`` items ready."""
 
-    def __init__(self, source: Iterator[Any], depth: int, *, name: str = "fastbatch-prefetch",
-                 on_start: Callable[[], None] | None = None) -> None:
+    def __init__(self, source: Iterator[Any], depth: int, *, on_start: Callable[[], None] | None = None) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._done = False
         self._thread = threading.Thread(
-            target=_run, args=(source, self._queue, self._stop, on_start), name=name, daemon=True
+            target=_run, args=(source, self._queue, self._stop, on_start), name="fastbatch-prefetch", daemon=True
         )
         self._thread.start()
         _LIVE.add(self)
@@ -93,6 +92,9 @@ class Prefetcher:
                 item, error = self._queue.get(timeout=_POLL_S)
                 break
             except queue.Empty:
+                if self._done:
+                    # Closed from another thread while this one waited.
+                    raise StopIteration from None
                 if not self._thread.is_alive() and self._queue.empty():
                     self.close()
                     raise RuntimeError("the fastbatch prefetch thread ended without a result") from None
@@ -115,10 +117,6 @@ class Prefetcher:
                 break
         if self._thread.is_alive() and self._thread is not threading.current_thread() and not sys.is_finalizing():
             self._thread.join(timeout=_JOIN_TIMEOUT_S)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def __del__(self) -> None:
         try:

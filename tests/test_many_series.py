@@ -134,9 +134,10 @@ def test_torch_tensors_and_float16_series_share_a_list():
     np.testing.assert_array_equal(x[4], parts[1][:2])
 
 
-def test_placement_device_is_refused_and_auto_picks_host():
+def test_many_series_take_every_placement_and_auto_picks_host_on_the_cpu():
+    """Many series are gathered on the device too (tests/test_placement_parity.py); without CUDA, host."""
     w = fb.SlidingWindows([np.arange(10.0), np.arange(10.0)], window=2)
-    with pytest.raises(ValueError, match="does not support many series"):
+    with pytest.raises(ValueError, match="placement='device' needs a CUDA device"):
         fb.WindowLoader(w, batch_size=2, placement="device")
     assert fb.WindowLoader(w, batch_size=2).placement == "host"
 

@@ -76,7 +76,7 @@ def test_error_midway_delivers_earlier_batches_first(windows, monkeypatch):
     with pytest.raises(OSError, match="disk went away"):
         for x, _ in loader:
             got.append(x)
-    assert len(got) == 2 * loader._chunk_batches
+    assert len(got) == 2 * loader.chunk_batches
 
 
 def _wait_no_threads(timeout: float = 5.0) -> None:
@@ -109,11 +109,19 @@ def test_host_buffers_are_reused_across_epochs(windows):
     for _ in range(5):
         for _batch in loader:
             pass
-    first = loader._staging.allocations
+    first = _allocations(loader)
     for _ in range(20):
         for _batch in loader:
             pass
-    assert loader._staging.allocations == first
+    # 20 epochs of 3 chunks each: reuse keeps the count at what the pool
+    # holds at once (how many are in flight together depends on timing).
+    keep = loader._store._idle[0].pool.keep
+    assert first <= _allocations(loader) <= keep
+
+
+def _allocations(loader) -> int:
+    """Staging memory the loader has allocated so far (the store keeps it between epochs)."""
+    return sum(s.pool.allocations for s in loader._store._idle)
 
 
 def test_kept_batches_are_never_overwritten(windows):
@@ -289,8 +297,8 @@ _HOLDERS = {
 
 @pytest.mark.parametrize("holder", sorted(_HOLDERS))
 @pytest.mark.parametrize("prefetch", [0, 8])
-def test_cached_batch_views_are_never_rewritten_while_anything_holds_them(prefetch, holder, monkeypatch):
-    """Tiny batches reuse their views; each way of holding one must block the reuse on its own."""
+def test_batch_memory_is_never_rewritten_while_anything_holds_it(prefetch, holder, monkeypatch):
+    """Each way of holding part of a batch (the batch itself dropped) must keep its memory out of reuse."""
     import fastbatch.loader as loader_module
 
     monkeypatch.setattr(loader_module, "CHUNK_BYTES", 8 << 10)  # many small chunks, many reuses
@@ -312,19 +320,3 @@ def test_cached_batch_views_are_never_rewritten_while_anything_holds_them(prefet
     assert held
     for k, kept in held.items():
         assert same(kept, expected[k][0]), f"batch {k} held as {holder} was overwritten"
-
-
-def test_without_the_storage_counter_views_are_made_per_chunk(monkeypatch):
-    import fastbatch.staging as staging
-
-    monkeypatch.setattr(staging, "_storage_use_count", None)
-    data = np.random.default_rng(5).random(20_000, dtype=np.float32)
-    w = fb.SlidingWindows(data, window=10)
-    kept = list(fb.WindowLoader(w, batch_size=16, shuffle=True, seed=1))
-    expected = _reference_epoch(w, batch_size=16, shuffle=True, seed=1)
-    assert all(torch.equal(x, ex) for (x, _), (ex, _) in zip(kept, expected))
-    loader = fb.WindowLoader(w, batch_size=16, shuffle=True, seed=1)
-    for _ in range(3):
-        for _batch in loader:
-            pass
-    assert all(buf.views is None for buf in loader._staging.buffers)

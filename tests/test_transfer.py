@@ -165,7 +165,7 @@ def test_device_resident_arithmetic_equals_the_host_kernel(series, univariate, n
     w = fb.SlidingWindows(data, window=9, horizon=3, stride=2, dilation=3, **kwargs)
     host = fb.WindowLoader(w, batch_size=33, shuffle=True, seed=11, dtype="float32", normalize=normalize, prefetch=0)
     resident = fb.WindowLoader(w, batch_size=33, shuffle=True, seed=11, dtype="float32", normalize=normalize)
-    resident.placement = "device"  # on the CPU: exercises DeviceWindows without CUDA
+    resident._path = "resident"  # on the CPU: exercises DeviceWindows without CUDA
     got, expected = list(resident), list(host)
     assert len(got) == len(expected) == len(host)
     for (x, y), (rx, ry) in zip(got, expected):
