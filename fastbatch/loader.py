@@ -12,6 +12,7 @@ in docs/design.md.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import threading
 import weakref
@@ -304,7 +305,8 @@ class WindowLoader:
     def _producer(self, plan: Plan, epoch: int, start: int) -> Iterator[Chunk]:
         """The chunks of ``epoch`` from window position ``start``, made with staging lent for the epoch."""
         resident = self._resident(plan) if plan.path == "resident" else None
-        return _produce(plan, epoch, start, self._store, self._threads, resident, self.queue_chunks)
+        return _produce(plan, epoch, start, self._store, self._threads, resident, self.queue_chunks,
+                        lookahead=self.prefetch > 0)
 
     def _resident(self, plan: Plan):
         # Made once, in the caller's thread, on the loader's device.
@@ -327,6 +329,22 @@ class _StagingStore:
     def __init__(self) -> None:
         self._idle: list = []
         self._lock = threading.Lock()
+        # The next epoch's order and first chunk, made by the producer of
+        # this one while its last chunk was being consumed: (plan key,
+        # epoch, order, chunk).
+        self._ahead: tuple | None = None
+
+    def put_ahead(self, key: tuple, epoch: int, order, chunk: Chunk) -> None:
+        with self._lock:
+            self._ahead = (key, epoch, order, chunk)
+
+    def take_ahead(self, key: tuple, epoch: int, start: int):
+        """``(order, first chunk)`` made ahead for this plan's ``epoch`` from its start, else ``None``."""
+        with self._lock:
+            ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead[:2] != (key, epoch) or start != 0:
+            return None  # another epoch, a resume or another configuration: dropped
+        return ahead[2], ahead[3]
 
     def lend(self, path: str, device: torch.device, depth: int):
         with self._lock:
@@ -355,17 +373,48 @@ class _Staging:
 
 
 def _produce(plan: Plan, epoch: int, start: int, store: _StagingStore, threads: GatherThreads,
-             resident, depth: int) -> Iterator[Chunk]:
+             resident, depth: int, *, lookahead: bool) -> Iterator[Chunk]:
+    """The epoch's chunks; with ``lookahead``, the next epoch's first chunk is made before the last is handed over.
+
+    An epoch start costs its order (a stored shuffle is a pass over every
+    window id) and a first chunk the consumer must wait for.  The producer
+    of the previous epoch has time for both while its last chunk is being
+    consumed, so it leaves them in the store for the next iter() to start
+    with — when that iter() asks for exactly that epoch of this plan.
+    """
     staging = store.lend(plan.path, plan.device, depth)
     try:
-        if plan.path == "cpu":
-            yield from cpu_chunks(plan, epoch, start, staging.pool, threads)
-        elif plan.path == "pinned":
-            yield from pinned_chunks(plan, epoch, start, staging.ring, staging.stream, threads)
+        def make(order, first: int) -> Iterator[Chunk]:
+            if plan.path == "cpu":
+                return cpu_chunks(plan, order, first, staging.pool, threads)
+            if plan.path == "pinned":
+                return pinned_chunks(plan, order, first, staging.ring, staging.stream, threads)
+            return resident_chunks(plan, order, first, resident, staging.ring, staging.stream)
+
+        ahead = store.take_ahead(plan.key(), epoch, start)
+        if ahead is None:
+            chunks: Iterator[Chunk] = make(plan.epoch_order(epoch), start)
         else:
-            yield from resident_chunks(plan, epoch, start, resident, staging.ring, staging.stream)
+            order, first = ahead
+            chunks = itertools.chain([first], make(order, first.start + first.n))
+        for chunk in chunks:
+            if lookahead and chunk.start + chunk.n >= plan.n_samples:
+                _prepare_next(plan, epoch + 1, make, store)
+            yield chunk
     finally:
         store.give_back(staging)
+
+
+def _prepare_next(plan: Plan, epoch: int, make, store: _StagingStore) -> None:
+    try:
+        order = plan.epoch_order(epoch)
+        chunks = make(order, 0)
+        first = next(chunks, None)
+        chunks.close()
+    except Exception:  # noqa: BLE001 - the next epoch makes it again, and raises there
+        return
+    if first is not None:
+        store.put_ahead(plan.key(), epoch, order, first)
 
 
 def _device_context(device: torch.device):

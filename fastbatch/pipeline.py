@@ -67,14 +67,23 @@ class Plan:
             out.append(FieldSpec((), np.int64))
         return tuple(out)
 
-    def spans(self, epoch: int, start: int) -> Iterator[tuple[EpochOrder, int, int]]:
-        """``(order, start, stop)``: window positions of each chunk from position ``start`` of the epoch."""
-        order = EpochOrder(len(self.windows), shuffle=self.order.kind != "sequential", seed=self.seed,
-                           epoch=epoch, kind=self.order.kind,
-                           block=(self.order.block_windows, self.order.pool_blocks), rank=self.rank,
-                           world_size=self.world_size, drop_last=self.drop_last)
+    def epoch_order(self, epoch: int) -> EpochOrder:
+        """This rank's order of ``epoch`` (a stored shuffle is computed here: the costly part of an epoch start)."""
+        return EpochOrder(len(self.windows), shuffle=self.order.kind != "sequential", seed=self.seed,
+                          epoch=epoch, kind=self.order.kind,
+                          block=(self.order.block_windows, self.order.pool_blocks), rank=self.rank,
+                          world_size=self.world_size, drop_last=self.drop_last)
+
+    def spans(self, start: int) -> Iterator[tuple[int, int]]:
+        """``(start, stop)``: window positions of each chunk from position ``start`` of the epoch."""
         for position in range(start, self.n_samples, self.chunk_windows):
-            yield order, position, min(position + self.chunk_windows, self.n_samples)
+            yield position, min(position + self.chunk_windows, self.n_samples)
+
+    def key(self) -> tuple:
+        """What makes two plans give the same batches (for the next epoch prepared ahead)."""
+        return (id(self.windows), self.batch_size, self.n_samples, self.chunk_windows, self.order, self.seed,
+                self.rank, self.world_size, self.drop_last, id(self.mean), self.dtype, self.gather_dtype,
+                self.device, self.path)
 
 
 @dataclass
@@ -129,10 +138,10 @@ def _gather(plan: Plan, order: EpochOrder, start: int, stop: int, arrays, thread
     return ids
 
 
-def cpu_chunks(plan: Plan, epoch: int, start: int, pool: HostPool, threads: GatherThreads) -> Iterator[Chunk]:
+def cpu_chunks(plan: Plan, order: EpochOrder, start: int, pool: HostPool, threads: GatherThreads) -> Iterator[Chunk]:
     """Chunks gathered into host memory that the chunk's tensors own (``staging.HostPool``)."""
     fields = plan.fields()
-    for order, lo, hi in plan.spans(epoch, start):
+    for lo, hi in plan.spans(start):
         arrays = pool.take(fields, hi - lo)
         _gather(plan, order, lo, hi, arrays, threads)
         tensors = [torch.from_numpy(a) for a in arrays]
@@ -141,11 +150,11 @@ def cpu_chunks(plan: Plan, epoch: int, start: int, pool: HostPool, threads: Gath
         yield cut(Chunk((x, y, *tensors[2:]), lo), plan.batch_size)
 
 
-def pinned_chunks(plan: Plan, epoch: int, start: int, ring: PinnedRing, stream, threads: GatherThreads
+def pinned_chunks(plan: Plan, order: EpochOrder, start: int, ring: PinnedRing, stream, threads: GatherThreads
                   ) -> Iterator[Chunk]:
     """Chunks gathered into a pinned slot and copied to the device on ``stream``."""
     fields = plan.fields()
-    for order, lo, hi in plan.spans(epoch, start):
+    for lo, hi in plan.spans(start):
         slot = ring.take(fields, hi - lo)
         arrays, pinned = slot.fields(fields, hi - lo)
         _gather(plan, order, lo, hi, arrays, threads)
@@ -158,7 +167,7 @@ def pinned_chunks(plan: Plan, epoch: int, start: int, ring: PinnedRing, stream, 
         yield cut(Chunk((x, y, *out[2:]), lo, ready), plan.batch_size)
 
 
-def resident_chunks(plan: Plan, epoch: int, start: int, resident, ring: PinnedRing, stream
+def resident_chunks(plan: Plan, order: EpochOrder, start: int, resident, ring: PinnedRing, stream
                     ) -> Iterator[Chunk]:
     """Chunks gathered on the device from the series uploaded once; window ids travel per chunk."""
     w = plan.windows
@@ -166,7 +175,7 @@ def resident_chunks(plan: Plan, epoch: int, start: int, resident, ring: PinnedRi
     # them, the series ids.
     series = w.many_series or plan.series_ids
     fields = (FieldSpec((), np.int64),) + ((FieldSpec((), np.int64),) if series else ())
-    for order, lo, hi in plan.spans(epoch, start):
+    for lo, hi in plan.spans(start):
         slot = ring.take(fields, hi - lo)
         arrays, pinned = slot.fields(fields, hi - lo)
         arrays[0][:] = order.ids(lo, hi)

@@ -107,3 +107,28 @@ def test_auto_placement_respects_the_process_memory_fraction():
         assert fb.WindowLoader(w, batch_size=64, device="cuda").placement == "host"
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
+
+
+@pytest.mark.parametrize("path", ["cpu", "pinned", "resident"])
+def test_the_next_epoch_is_prepared_ahead_and_used_only_when_it_is_the_one_asked_for(path):
+    from helpers_resume import as_numpy, assert_same_batches
+
+    w = fb.SlidingWindows(np.random.default_rng(1).standard_normal((3000, 2)), window=6, horizon=2)
+    kwargs = dict(batch_size=50, shuffle=True, seed=4)
+
+    def reference(epoch):
+        loader = fb.WindowLoader(w, prefetch=0, **kwargs)
+        loader.set_epoch(epoch)
+        return as_numpy(loader)
+
+    loader = fb.WindowLoader(w, prefetch=2, **kwargs)
+    loader._path = path
+    assert_same_batches(as_numpy(loader), reference(0), "epoch 0")
+    ahead = loader._store._ahead
+    assert ahead is not None and ahead[1] == 1  # epoch 1's order and first chunk, made during epoch 0
+    assert_same_batches(as_numpy(loader), reference(1), "epoch 1, started from what was made ahead")
+    loader.set_epoch(5)  # not the epoch prepared (2): that one is dropped
+    assert_same_batches(as_numpy(loader), reference(5), "epoch 5 after a jump")
+    state = loader.state_dict()
+    loader.load_state_dict({**state, "epoch": 6, "position": 3})  # a resume mid-epoch never takes it
+    assert_same_batches(as_numpy(loader), reference(6)[3:], "epoch 6 resumed at batch 3")
