@@ -184,7 +184,7 @@ HOSTILE_MODELS = {
                              "called sys.exit('done')"),
     "dies": ("import os\nos._exit(5)\n", "the process checking the model ended with code 5"),
     "hangs": ("import time\ndef build(*args):\n    time.sleep(600)\n",
-              "took more than --trial-timeout 3 s; killed"),
+              "took more than --trial-timeout 5 s; killed"),
 }
 
 
@@ -194,9 +194,10 @@ def test_a_model_module_that_exits_dies_or_hangs_is_one_error_naming_model(kind,
     (tmp_path / "hostile.py").write_text(code + ("def build(*args):\n    pass\n" if "def build" not in code else ""))
     monkeypatch.chdir(tmp_path)
     started = time.monotonic()
-    line = error_of(["--model", "hostile:build", "--trial-timeout", "3", "--series-length", "1000"], capsys)
+    timeout = 5 if kind == "hangs" else 120  # importing torch alone takes seconds on a busy machine
+    line = error_of(["--model", "hostile:build", "--trial-timeout", str(timeout), "--series-length", "1000"], capsys)
     assert "--model hostile:build" in line and fragment in line, line
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 120
 
 
 def test_help_documents_the_options_user_code_and_pickles():
