@@ -9,16 +9,21 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+# Kernels, numpy and torch index in int64: a larger integer would wrap round
+# or fail deep inside them, so it is refused where it is given.
+INT64_MAX = 2**63 - 1
+
 
 def _show(value: Any) -> str:
     text = " ".join(repr(value).split())  # one line, even for a numpy array
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
+def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = INT64_MAX) -> int:
     """Return ``value`` as an ``int`` or raise naming ``name``.
 
     Booleans are refused: ``window=True`` is a mistake, not the number one.
+    ``maximum`` defaults to the largest int64; ``None`` lifts it.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         allowed = "an integer" if minimum is None else f"an integer >= {minimum}"

@@ -51,21 +51,15 @@ class WindowBatch(_Sequence):
 
 
 def get_batch(windows, indices: Sequence[int]) -> WindowBatch:
-    """The windows ``indices`` as one :class:`WindowBatch` of torch tensors (``SlidingWindows.__getitems__``)."""
-    try:
-        ids = np.asarray(indices)
-    except Exception:
-        ids = None
-    if ids is None or ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
-        raise TypeError(f"window indices must be a list of integers, got {_show(indices)}")
-    n = len(windows)
-    ids = ids.astype(np.int64)
-    if ids.size and (ids.min() < -n or ids.max() >= n):
-        bad = ids[(ids < -n) | (ids >= n)][0]
-        raise IndexError(f"window index {int(bad)} is out of range for {n} windows")
-    # The kernel reads without bounds checks: only valid, non-negative ids reach it.
-    ids = np.where(ids < 0, ids + n, ids)
-    ids = ids.astype(np.int32) if n < 2**31 else ids
+    """The windows ``indices`` as one :class:`WindowBatch` of torch tensors (``SlidingWindows.__getitems__``).
+
+    Negative indices count from the end.  The data's files are checked
+    before the read, so a memmap truncated under a DataLoader is an error,
+    not SIGBUS.
+    """
+    ids = windows._checked_ids(indices, allow_negative=True)
+    ids = ids.astype(np.int32) if len(windows) < 2**31 else ids
+    windows.check_source()
     out = windows.gather(ids, check=False)
     return WindowBatch(tuple(torch.from_numpy(a) for a in out))
 
@@ -75,13 +69,18 @@ def collate(batch: Any) -> Any:
 
     A :class:`WindowBatch` from ``SlidingWindows.__getitems__`` becomes its
     tuple ``(x, y[, series_ids])`` of tensors, with no copy; a tuple of
-    tensors passes as it is; a list of single windows (the per-window path)
-    goes through ``torch.utils.data.default_collate``.
+    tensors passes as it is; one window ``(x, y[, series])`` as
+    ``windows[i]`` gives it (``DataLoader(batch_size=None)``) becomes a tuple
+    of tensors holding a copy (the window is a view of the data); a list of
+    single windows (the per-window path) goes through
+    ``torch.utils.data.default_collate``.
     """
     if isinstance(batch, WindowBatch):
         return batch.tensors
     if isinstance(batch, tuple) and batch and all(isinstance(t, torch.Tensor) for t in batch):
         return batch
+    if _is_one_window(batch):
+        return tuple(torch.from_numpy(np.array(part)) for part in batch)
     if not isinstance(batch, (list, tuple)) or not batch or any(isinstance(b, WindowBatch) for b in batch):
         # A list of WindowBatches would be restacked window by window into a
         # wrong structure: each DataLoader batch is already one WindowBatch.
@@ -98,3 +97,13 @@ def collate(batch: Any) -> Any:
         raise kind(
             f"batch must be a list of windows (x, y[, series]) of one shape, got {_show(batch)}: {error}"
         ) from error
+
+
+def _is_one_window(batch: Any) -> bool:
+    """``(x, y[, series])`` as ``SlidingWindows.__getitem__`` returns it: two arrays and maybe a series index."""
+    return (
+        isinstance(batch, tuple)
+        and len(batch) in (2, 3)
+        and all(isinstance(part, np.ndarray) for part in batch[:2])
+        and all(isinstance(part, (int, np.integer)) and not isinstance(part, bool) for part in batch[2:])
+    )

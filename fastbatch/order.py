@@ -41,8 +41,13 @@ def _splitmix64(x: int) -> int:
 
 
 def epoch_key(seed: int, epoch: int) -> np.uint64:
-    """The 64-bit key of one epoch's permutation: distinct epochs give unrelated keys."""
-    return np.uint64(_splitmix64(_splitmix64(seed) ^ (epoch & _MASK)))
+    """The 64-bit key of one epoch's permutation: distinct epochs give unrelated keys.
+
+    Epochs are int64: masking a larger one to 64 bits would silently give
+    ``2**64`` the order of epoch 0.
+    """
+    epoch = check_int("epoch", epoch, minimum=0)
+    return np.uint64(_splitmix64(_splitmix64(seed) ^ epoch))
 
 
 def index_dtype(n: int) -> np.dtype:

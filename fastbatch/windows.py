@@ -8,6 +8,7 @@ data: the object holds the array (a view of it) and a handful of integers.
 
 from __future__ import annotations
 
+import mmap
 import os
 from typing import Any, Sequence
 
@@ -28,6 +29,12 @@ _NAN_BITS = {2: (0x7FFF, 0x7C00), 4: (0x7FFF_FFFF, 0x7F80_0000),
 
 def _as_numpy(data: Any) -> np.ndarray:
     """A numpy view of ``data`` (numpy array, memmap or CPU torch tensor); never a copy."""
+    if isinstance(data, np.ma.MaskedArray):
+        # The kernels read the values under the mask as if they were data.
+        raise TypeError(
+            f"data must not be a numpy masked array (its mask would be ignored), got {_show(data)}; "
+            "pass data.filled(np.nan) to mark the masked values as missing"
+        )
     if isinstance(data, np.ndarray):
         return data
     try:
@@ -40,13 +47,25 @@ def _as_numpy(data: Any) -> np.ndarray:
                 f"data must be a numpy array or a CPU torch tensor, got a tensor on {data.device}; "
                 "pass data.cpu() (the loader's device= option moves batches to the GPU)"
             )
-        if data.dtype in (torch.bfloat16, torch.complex64, torch.complex128) or data.dtype == torch.bool:
-            raise TypeError(f"data must have a real numeric dtype, got torch.{str(data.dtype).split('.')[-1]}")
+        if data.is_nested or data.layout != torch.strided:
+            kind = "a nested tensor" if data.is_nested else f"a tensor of layout {data.layout}"
+            raise TypeError(f"data must be a dense (strided) CPU torch tensor, got {kind}; pass data.to_dense()")
+        if data.dtype not in _torch_dtypes(torch):
+            raise TypeError(
+                f"data must have a real numeric dtype with a numpy equivalent (float16/32/64, int8-64, uint8-64), "
+                f"got torch.{str(data.dtype).split('.')[-1]}"
+            )
         return data.detach().numpy()
     raise TypeError(
         f"data must be a numpy array, np.memmap or CPU torch tensor of shape (N,) or (N, F), "
         f"got {_show(data)} of type {type(data).__name__}"
     )
+
+
+def _torch_dtypes(torch) -> set:
+    """The torch dtypes whose tensors numpy can view (no bfloat16, float8, bool, complex or quantized)."""
+    names = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+    return {getattr(torch, n) for n in names if hasattr(torch, n)}
 
 
 def _checked_array(data: Any, name: str) -> np.ndarray:
@@ -217,12 +236,30 @@ class SlidingWindows:
             and np.array_equal(self.target_columns, np.arange(self.n_features))
         )
 
-    def _checked_ids(self, ids: np.ndarray) -> np.ndarray:
-        if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
-            raise TypeError(f"ids must be a 1-D array of window indices, got {_show(ids)}")
-        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self._len):
-            bad = int(ids[(ids < 0) | (ids >= self._len)][0])
-            raise IndexError(f"ids must be window indices in [0, {self._len}), got {bad}")
+    def _checked_ids(self, ids: Any, *, allow_negative: bool = False) -> np.ndarray:
+        """``ids`` as a signed integer array of valid window indices: the kernels read without bounds checks.
+
+        ``allow_negative``: ids in ``[-len, 0)`` count from the end (``__getitems__``), and come back
+        as the ids they stand for.  Bounds are compared before any cast, so a uint64 id past int64
+        cannot wrap round into a valid one.
+        """
+        given = ids
+        try:
+            ids = np.asarray(given)
+        except (TypeError, ValueError):
+            ids = None
+        if ids is None or ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+            raise TypeError(f"ids must be a 1-D array or list of integer window indices, got {_show(given)}")
+        n, low = self._len, (-self._len if allow_negative else 0)
+        if not ids.size:
+            return ids.astype(np.int64)
+        first, last = int(ids.min()), int(ids.max())
+        if first < low or last >= n:
+            bad = int(ids[(ids < low) | (ids >= n)][0])
+            note = " (negative ids count from the end)" if allow_negative else ""
+            raise IndexError(f"ids must be window indices in [{low}, {n}){note}, got {bad}: out of range")
+        if first < 0:
+            return np.where(ids < 0, ids.astype(np.int64) + n, ids)
         return ids if ids.dtype.kind == "i" else ids.astype(np.int64)
 
     def _check_outputs(self, n: int, out_x: Any, out_y: Any, series_out: Any) -> None:
@@ -230,30 +267,40 @@ class SlidingWindows:
         _check_out("out_y", out_y, (n, self.horizon, self.n_targets))
         if out_x.dtype != out_y.dtype:
             raise ValueError(f"out_x and out_y must share a dtype, got {out_x.dtype} and {out_y.dtype}")
+        # float16 is copied as bits: into outputs of another width they would be reinterpreted, not cast.
+        _resolve_dtype("out_x", out_x.dtype, self.data.dtype)
         if series_out is not None:
             _check_out("series_out", series_out, (n,))
+            if series_out.dtype.kind not in "iu":
+                raise TypeError(f"series_out must be an integer array (int64), got dtype {series_out.dtype}")
 
     def check_source(self) -> None:
-        """Raise if the memory-mapped file under the data has shrunk since the windows were made.
+        """Raise if a memory-mapped file under the data has shrunk below what the windows map.
 
         Reading a page past the end of a truncated mapping kills the process
         with SIGBUS (numpy's own reads do too), so the loader calls this before
-        each chunk and turns the common case into a clear error.  A file
-        replaced by a rename keeps the old contents mapped and is not an error.
-        A truncation between this check and the read still ends in SIGBUS.
+        each chunk, and ``__getitems__`` before each batch, and turns the
+        common case into a clear error.  Every series of a list is checked.
+        The size is that of the mapped file itself (its open descriptor), so a
+        file replaced by a rename keeps the old contents mapped and is not an
+        error.  A truncation between this check and the read still ends in SIGBUS.
         """
-        if self._source is None:
-            return
-        path, device, inode, size = self._source
-        try:
-            now = os.stat(path)
-        except OSError:
-            return  # removed: the mapping keeps the old inode alive
-        if (now.st_dev, now.st_ino) == (device, inode) and now.st_size < size:
-            raise RuntimeError(
-                f"the memory-mapped file {path!r} under these windows shrank from {size} to {now.st_size} "
-                "bytes while they were in use; replace data files by writing a new file and renaming it"
-            )
+        for array in (self.data,) if self._arrays is None else self._arrays:
+            mapped = _memmap_of(array)
+            if mapped is None:
+                continue
+            mapping = mapped._mmap
+            needed = mapped.offset - mapped.offset % mmap.ALLOCATIONGRANULARITY + len(mapping)
+            try:
+                size = mapping.size()  # fstat of the descriptor the mapping keeps
+            except (OSError, ValueError):
+                continue  # a mapping without its descriptor: nothing to ask
+            if size < needed:
+                raise RuntimeError(
+                    f"the memory-mapped file {os.fspath(mapped.filename)!r} under these windows shrank from "
+                    f"{needed} to {size} bytes while they were in use; replace data files by writing a new file "
+                    "and renaming it"
+                )
 
     def _init_counts(self, lengths: Any) -> None:
         """Series lengths, row starts and window offsets of the series; the number of windows."""
@@ -550,15 +597,16 @@ class SlidingWindows:
         With :attr:`return_series_id` (or ``series_out``, int64 of length
         ``n``) the series of each window comes back as a third array.
 
-        The kernels read and write without bounds checks, so ids and output
-        arrays are checked here; the loader, whose ids are valid by
-        construction, passes ``check=False``.
+        The kernels read and write without bounds checks, so ids, output
+        arrays and ``mean``/``std`` are checked here; the loader, whose ids
+        are valid by construction, passes ``check=False``.
         """
         from fastbatch.kernels import gather_concatenated, gather_runs, gather_series_list, gather_windows, run_parallel
+        from fastbatch.normalize import check_stats
 
-        ids = np.ascontiguousarray(ids)
         if check:
             ids = self._checked_ids(ids)
+        ids = np.ascontiguousarray(ids)
         n = ids.shape[0]
         if out_x is None:
             out_x = np.empty((n, self.window, self.n_features), dtype=self.dtype)
@@ -568,6 +616,7 @@ class SlidingWindows:
             series_out = np.empty(n, dtype=np.int64)
         if check:
             self._check_outputs(n, out_x, out_y, series_out)
+            mean, std = check_stats(mean, std, self.n_features, out_x.dtype)
         geometry = (self._kernel_stride, self.dilation, self.window, self.horizon, self.target_columns,
                     _bits_view(out_x), _bits_view(out_y))
         if n and self._offsets is None and mean is None and self._runs:
@@ -592,22 +641,32 @@ class SlidingWindows:
 
 def _check_out(name: str, array: Any, shape: tuple[int, ...]) -> None:
     if not isinstance(array, np.ndarray) or array.shape != shape or not array.flags.c_contiguous \
-            or not array.flags.writeable or array.dtype.kind not in _KINDS:
-        got = f"{type(array).__name__} of shape {getattr(array, 'shape', None)}"
-        raise ValueError(f"{name} must be a writeable C-contiguous numeric array of shape {shape}, got {got}")
+            or not array.flags.writeable or array.dtype.kind not in _KINDS or not array.dtype.isnative:
+        got = f"{type(array).__name__} of shape {getattr(array, 'shape', None)}, dtype {getattr(array, 'dtype', None)}"
+        raise ValueError(
+            f"{name} must be a writeable C-contiguous numeric array of shape {shape} in native byte order, got {got}"
+        )
 
 
 def _file_identity(array: np.ndarray) -> tuple[str, int, int, int] | None:
     """(path, device, inode, size) of the file a memory-mapped array reads, else None."""
+    mapped = _memmap_of(array)
+    path = None if mapped is None else mapped.filename
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (os.fspath(path), st.st_dev, st.st_ino, st.st_size)
+
+
+def _memmap_of(array: np.ndarray) -> np.memmap | None:
+    """The ``np.memmap`` (holding its ``mmap``) that ``array`` views, else None."""
     a: Any = array
     while isinstance(a, np.ndarray):
-        path = getattr(a, "filename", None)
-        if isinstance(a, np.memmap) and path:
-            try:
-                st = os.stat(path)
-            except OSError:
-                return None
-            return (os.fspath(path), st.st_dev, st.st_ino, st.st_size)
+        if isinstance(a, np.memmap) and getattr(a, "_mmap", None) is not None:
+            return a
         a = a.base
     return None
 

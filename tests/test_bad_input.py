@@ -63,6 +63,19 @@ def window_batch():
     return windows().__getitems__([0, 1])
 
 
+def gather(**kw):
+    """``SlidingWindows.gather`` of two windows of 3 features, with the keywords given."""
+    return windows().gather(np.array([0, 1]), **kw)
+
+
+def outputs(dtype, n=2):
+    return {"out_x": np.empty((n, 4, 3), dtype), "out_y": np.empty((n, 1, 3), dtype)}
+
+
+def masked():
+    return np.ma.masked_array(np.arange(9.0), mask=np.arange(9) % 2 == 0)
+
+
 BIG = 10**30
 HAS_CUDA = torch.cuda.is_available()
 
@@ -84,12 +97,22 @@ CASES = [
     ("data-list-mixed-dtypes", lambda p: windows([np.zeros(9), np.zeros(9, np.float32)]), TypeError, "data",
      "float32 in data[1]"),
     ("data-list-mixed-ndim", lambda p: windows([np.zeros(9), np.zeros((9, 2))]), ValueError, "data[1]", "(9, 2)"),
+    ("data-masked", lambda p: windows(masked()), TypeError, "data", "masked array"),
+    ("data-list-masked", lambda p: windows([np.zeros(9), masked()]), TypeError, "data[1]", "masked array"),
+    ("data-float8", lambda p: windows(torch.zeros(9, dtype=torch.float8_e4m3fn)), TypeError, "data",
+     "float8_e4m3fn"),
+    ("data-sparse", lambda p: windows(torch.ones(9).to_sparse()), TypeError, "data", "sparse_coo"),
+    ("data-nested", lambda p: windows(torch.nested.nested_tensor([torch.zeros(9), torch.zeros(7)],
+                                                                  layout=torch.jagged)), TypeError, "data",
+     "nested tensor"),
     # -- window, horizon, stride, dilation
     ("window-zero", lambda p: windows(window=0), ValueError, "window", "window=0"),
     ("window-float", lambda p: windows(window=2.5), TypeError, "window", "2.5"),
     ("window-bool", lambda p: windows(window=True), TypeError, "window", "True"),
     ("window-too-long", lambda p: windows(window=50), ValueError, "50 steps", "window=50"),
-    ("window-huge-many-series", lambda p: windows([np.zeros(9), np.zeros(5)], window=BIG), ValueError, "9 steps",
+    ("window-huge-many-series", lambda p: windows([np.zeros(9), np.zeros(5)], window=2**62), ValueError, "9 steps",
+     f"window={2**62}"),
+    ("window-past-int64", lambda p: windows([np.zeros(9), np.zeros(5)], window=BIG), ValueError, "window",
      f"window={BIG}"),
     ("horizon-negative", lambda p: windows(horizon=-1), ValueError, "horizon", "horizon=-1"),
     ("horizon-none", lambda p: windows(horizon=None), TypeError, "horizon", "None"),
@@ -97,8 +120,11 @@ CASES = [
     ("stride-str", lambda p: windows(stride="2"), TypeError, "stride", "'2'"),
     ("dilation-zero", lambda p: windows(dilation=0), ValueError, "dilation", "dilation=0"),
     ("dilation-float", lambda p: windows(dilation=1.5), TypeError, "dilation", "1.5"),
-    ("dilation-huge-lengths", lambda p: windows(lengths=[25, 25], dilation=BIG), ValueError, "25 steps",
-     f"dilation={BIG}"),
+    ("dilation-huge-lengths", lambda p: windows(lengths=[25, 25], dilation=2**62), ValueError, "25 steps",
+     f"dilation={2**62}"),
+    ("dilation-past-int64", lambda p: windows(window=1, dilation=2**63), ValueError, "dilation",
+     f"dilation={2**63}"),
+    ("stride-past-int64", lambda p: windows(stride=2**63), ValueError, "stride", f"stride={2**63}"),
     # -- target_columns, dtype
     ("target_columns-out-of-range", lambda p: windows(target_columns=[3]), ValueError, "target_columns", "[3]"),
     ("target_columns-empty", lambda p: windows(target_columns=[]), TypeError, "target_columns", "[]"),
@@ -131,6 +157,7 @@ CASES = [
     ("windows-array", lambda p: fb.WindowLoader(series(50, 3), batch_size=4), TypeError, "windows", "ndarray"),
     ("batch_size-zero", lambda p: loader(batch_size=0), ValueError, "batch_size", "batch_size=0"),
     ("batch_size-float", lambda p: loader(batch_size=2.0), TypeError, "batch_size", "2.0"),
+    ("batch_size-past-int64", lambda p: loader(batch_size=2**63), ValueError, "batch_size", f"batch_size={2**63}"),
     ("shuffle-int", lambda p: loader(shuffle=1), TypeError, "shuffle", "1"),
     ("shuffle-against-order", lambda p: loader(shuffle=True, order="sequential"), ValueError, "shuffle=True",
      "order='sequential'"),
@@ -156,13 +183,15 @@ CASES = [
     ("placement-unknown", lambda p: loader(placement="gpu"), ValueError, "placement", "'gpu'"),
     ("placement-device-on-cpu", lambda p: loader(placement="device"), ValueError, "placement='device'",
      "device='cpu'"),
-    ("placement-device-many-series", lambda p: loader(windows([series(20, 3), series(30, 3)]), placement="device"),
-     ValueError, "placement='device'", "many series"),
     ("order-unknown", lambda p: loader(order="random"), ValueError, "order", "'random'"),
     ("order-int", lambda p: loader(order=1), ValueError, "order", "got 1"),
     ("order-empty-blocks", lambda p: loader(order=fb.BlockShuffle(0)), ValueError, "block_windows", "block_windows=0"),
+    ("order-blocks-past-int64", lambda p: fb.BlockShuffle(2**70), ValueError, "block_windows",
+     f"block_windows={2**70}"),
     ("rank-without-world_size", lambda p: loader(rank=0), ValueError, "world_size", "rank=0"),
     ("world_size-zero", lambda p: loader(rank=0, world_size=0), ValueError, "world_size", "world_size=0"),
+    ("world_size-past-int64", lambda p: loader(rank=0, world_size=2**63), ValueError, "world_size",
+     f"world_size={2**63}"),
     ("rank-past-world_size", lambda p: loader(rank=2, world_size=2), ValueError, "rank", "rank=2"),
     ("rank-float", lambda p: loader(rank=1.0, world_size=2), TypeError, "rank", "1.0"),
     ("num_threads-zero", lambda p: loader(num_threads=0), ValueError, "num_threads", "num_threads=0"),
@@ -180,6 +209,25 @@ CASES = [
     ("set_epoch-negative", lambda p: set_epoch(-1), ValueError, "epoch", "epoch=-1"),
     ("set_epoch-float", lambda p: set_epoch(1.5), TypeError, "epoch", "1.5"),
     ("set_epoch-none", lambda p: set_epoch(None), TypeError, "epoch", "None"),
+    ("set_epoch-past-int64", lambda p: set_epoch(2**64), ValueError, "epoch", f"epoch={2**64}"),
+    ("state-epoch-past-int64", lambda p: load(state(epoch=2**64)), ValueError, "epoch", f"epoch={2**64}"),
+    # -- SlidingWindows.gather: every array the kernel reads
+    ("gather-mean-short", lambda p: gather(mean=np.zeros(1), std=np.ones(3)), ValueError, "mean", "shape (1,)"),
+    ("gather-std-long", lambda p: gather(mean=np.zeros(3), std=np.ones(300)), ValueError, "std", "shape (300,)"),
+    ("gather-mean-2d", lambda p: gather(mean=np.zeros((1, 3)), std=np.ones(3)), ValueError, "mean", "shape (1, 3)"),
+    ("gather-mean-scalar", lambda p: gather(mean=0.0, std=np.ones(3)), ValueError, "mean", "shape ()"),
+    ("gather-mean-str", lambda p: gather(mean="0", std=np.ones(3)), TypeError, "mean", "'0'"),
+    ("gather-mean-nan", lambda p: gather(mean=[0, np.nan, 0], std=np.ones(3)), ValueError, "mean", "mean[1]=nan"),
+    ("gather-std-zero", lambda p: gather(mean=np.zeros(3), std=[1, 1, 0]), ValueError, "std", "std[2]=0.0"),
+    ("gather-std-inf", lambda p: gather(mean=np.zeros(3), std=[np.inf, 1, 1]), ValueError, "std", "std[0]=inf"),
+    ("gather-mean-alone", lambda p: gather(mean=np.zeros(3)), TypeError, "mean and std", "std=None"),
+    ("gather-mean-into-integers", lambda p: gather(mean=np.zeros(3), std=np.ones(3), **outputs(np.int32)),
+     TypeError, "mean and std", "int32"),
+    ("gather-out-float16", lambda p: gather(**outputs(np.float16)), TypeError, "out_x", "float16"),
+    ("gather-out-float32-of-float16", lambda p: windows(series(50, 3, np.float16)).gather(
+        np.array([0, 1]), **outputs(np.float32)), TypeError, "out_x", "float16"),
+    ("gather-out-big-endian", lambda p: gather(**outputs(">f8")), ValueError, "out_x", ">f8"),
+    ("gather-series_out-float", lambda p: gather(series_out=np.empty(2)), TypeError, "series_out", "float64"),
     # -- collate
     ("collate-none", lambda p: fb.collate(None), TypeError, "batch", "None"),
     ("collate-empty", lambda p: fb.collate([]), TypeError, "batch", "[]"),
@@ -363,3 +411,60 @@ def test_a_series_shorter_than_a_window_among_many_has_no_windows(as_list):
     firsts = np.concatenate([b[0][:, 0] for b in batches])
     assert sorted(firsts.tolist()) == sorted(float(p[i]) for k, p in enumerate(parts) if k != 2 for i in range(5))
     assert_same_batches(batches, as_numpy(fb.WindowLoader(w, batch_size=3, shuffle=True, seed=9, prefetch=0)))
+
+
+# -- statistics and outputs the kernels read ---------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+@pytest.mark.parametrize("as_list", [False, True])
+def test_normalize_refuses_an_infinite_value_naming_its_feature_and_row(bad, as_list):
+    data = series(300, 3)
+    data[123, 2] = bad
+    w = fb.SlidingWindows([data[:100], data[100:]] if as_list else data, window=4)
+    with pytest.raises(ValueError, match=rf"normalize=True needs finite values, but feature 2 holds {bad} at row 123"):
+        fb.WindowLoader(w, batch_size=8, normalize=True)
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e300, 2.0**1020])
+def test_normalize_of_float64_near_its_largest_values_gives_the_standardised_batches(scale):
+    base = np.random.default_rng(4).standard_normal((500, 2))
+    data = base * scale
+    lo = fb.WindowLoader(fb.SlidingWindows(data, window=5, horizon=2), batch_size=50, normalize=True)
+    mean, std = lo.normalize_stats
+    np.testing.assert_allclose(mean / scale, base.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std / scale, base.std(axis=0), rtol=1e-12)
+    x = torch.cat([b[0] for b in lo]).numpy()
+    assert np.isfinite(x).all()
+    expected = (base - base.mean(axis=0)) / base.std(axis=0)
+    np.testing.assert_allclose(x[:, 0], expected[: len(x)], rtol=1e-9, atol=1e-12)
+
+
+def test_normalize_of_values_at_float64s_limits_is_finite():
+    largest = np.finfo(np.float64).max
+    data = np.array([[-largest, 1.0], [largest, 1.0]] * 20)
+    lo = fb.WindowLoader(fb.SlidingWindows(data, window=3), batch_size=8, normalize=True)
+    np.testing.assert_array_equal(lo.normalize_stats[0], [0.0, 1.0])
+    np.testing.assert_array_equal(lo.normalize_stats[1], [largest, 1.0])  # a constant feature gets std 1
+    x = torch.cat([b[0] for b in lo]).numpy()
+    np.testing.assert_array_equal(x[:, :, 0], np.where(data[: len(x) + 2, 0] > 0, 1.0, -1.0)[
+        np.arange(len(x))[:, None] + np.arange(3)])
+    assert (x[:, :, 1] == 0).all()
+
+
+def test_mean_and_std_of_the_right_length_standardise_and_nothing_past_them_is_read():
+    w = fb.SlidingWindows(np.ones((4, 3), np.float32), window=1, horizon=0)
+    with pytest.raises(ValueError, match=r"mean must be a 1-D array of 3 values \(one per feature\), got shape \(1,\)"):
+        w.gather(np.array([0]), mean=np.zeros(1), std=np.ones(1))
+    x, _ = w.gather(np.array([0, 3]), mean=[0.5, 1, 0], std=np.array([0.5, 2, 4], np.float32))
+    np.testing.assert_array_equal(x, [[[1.0, 0.0, 0.25]]] * 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_outputs_of_the_data_width_or_a_real_cast_are_filled(dtype):
+    data = series(50, 3, np.float16 if dtype == np.float16 else np.float32)
+    w = fb.SlidingWindows(data, window=4)
+    out = outputs(dtype if dtype == np.float16 else np.float64)
+    x, y = w.gather(np.array([0, 7]), **out)
+    np.testing.assert_array_equal(x, data[[[0, 1, 2, 3], [7, 8, 9, 10]]].astype(x.dtype))
+    assert x.base is out["out_x"] or x is out["out_x"]

@@ -43,15 +43,46 @@ def test_without_collate_fn_the_batches_are_still_right():
         assert torch.equal(fx, dx) and torch.equal(fy, dy)
 
 
+N = len(windows())
+
+
 @pytest.mark.parametrize("ids,error,match", [
-    ([0, len(windows())], IndexError, "out of range"),
-    ([-len(windows()) - 1], IndexError, "out of range"),
-    ([0.5], TypeError, "list of integers"),
-    ([[1, 2]], TypeError, "list of integers"),
+    ([0, N], IndexError, rf"ids must be window indices in \[-{N}, {N}\) \(negative ids count from the end\), got {N}"),
+    ([-N - 1], IndexError, rf"got {-N - 1}: out of range"),
+    (np.array([2**64 - 1], np.uint64), IndexError, rf"got {2**64 - 1}: out of range"),
+    (np.array([2**63], np.uint64), IndexError, rf"got {2**63}: out of range"),
+    ([0.5], TypeError, "list of integer window indices"),
+    ([[1, 2]], TypeError, "list of integer window indices"),
+    ([1, [2]], TypeError, "list of integer window indices"),
 ])
 def test_getitems_checks_indices_before_the_kernel_reads(ids, error, match):
     with pytest.raises(error, match=match):
         windows().__getitems__(ids)
+
+
+def test_getitems_and_gather_share_one_id_check_but_only_getitems_counts_from_the_end():
+    w = windows()
+    x, _ = fb.collate(w.__getitems__(np.array([N - 1, 0], np.uint64)))
+    np.testing.assert_array_equal(x.numpy(), w.gather(np.array([N - 1, 0]))[0])
+    x, _ = fb.collate(w.__getitems__(np.array([-1, -N], np.int16)))
+    np.testing.assert_array_equal(x.numpy(), w.gather(np.array([N - 1, 0]))[0])
+    with pytest.raises(IndexError, match=rf"ids must be window indices in \[0, {N}\), got -1"):
+        w.gather(np.array([-1]))
+
+
+def test_dataloader_with_batch_size_none_gives_one_window_at_a_time_as_tensors():
+    w = fb.SlidingWindows([series(30, 3, np.float32), series(20, 3, np.float32) + 1000], window=8, horizon=2,
+                          target_columns=[2, 0], return_series_id=True)
+    items = list(DataLoader(w, batch_size=None, collate_fn=fb.collate))
+    assert len(items) == len(w)
+    for i, (x, y, s) in enumerate(items):
+        ex, ey, es = w[i]
+        assert isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.shape == (8, 3)
+        np.testing.assert_array_equal(x.numpy(), ex)
+        np.testing.assert_array_equal(y.numpy(), ey)
+        assert s.item() == es
+    items[0][0].add_(1.0)  # a window handed out is the user's: the data is not touched
+    np.testing.assert_array_equal(w[0][0], series(30, 3, np.float32)[:8])
 
 
 def test_dataloader_with_collate_yields_every_window_once_as_batches():

@@ -149,14 +149,18 @@ def test_gather_runs_equals_the_reference_for_contiguous_windows(case, source_dt
     np.testing.assert_array_equal(out_y, ey.reshape(len(ids), -1))
 
 
-def test_a_stride_beyond_int64_still_gives_its_one_window():
+def test_a_stride_past_the_data_gives_its_one_window_and_one_past_int64_is_refused():
+    import pytest
+
     import fastbatch as fb
 
-    w = fb.SlidingWindows(np.arange(20.0), window=5, stride=2**70)
+    w = fb.SlidingWindows(np.arange(20.0), window=5, stride=2**63 - 1)
     assert len(w) == 1
     x, y = w.gather(np.array([0]))
     np.testing.assert_array_equal(x[0], np.arange(5.0))
     np.testing.assert_array_equal(y[0], [5.0])
+    with pytest.raises(ValueError, match=rf"stride must be an integer <= {2**63 - 1}, got stride={2**70}"):
+        fb.SlidingWindows(np.arange(20.0), window=5, stride=2**70)
 
 
 def test_public_gather_refuses_ids_and_outputs_the_kernel_would_overrun():
@@ -166,14 +170,18 @@ def test_public_gather_refuses_ids_and_outputs_the_kernel_would_overrun():
 
     w = fb.SlidingWindows(np.arange(100.0).reshape(50, 2), window=4)
     n = len(w)
-    with pytest.raises(IndexError, match=rf"ids must be window indices in \[0, {n}\), got {n}"):
+    with pytest.raises(IndexError, match=rf"ids must be window indices in \[0, {n}\), got {n}: out of range"):
         w.gather(np.array([0, n]))
     with pytest.raises(IndexError, match="got -1"):
         w.gather(np.array([-1]))
-    with pytest.raises(TypeError, match="ids must be a 1-D array of window indices"):
+    with pytest.raises(TypeError, match="ids must be a 1-D array or list of integer window indices"):
         w.gather(np.array([[0, 1]]))
-    with pytest.raises(TypeError, match="ids must be a 1-D array of window indices"):
+    with pytest.raises(TypeError, match="ids must be a 1-D array or list of integer window indices"):
         w.gather(np.array([0.5]))
+    with pytest.raises(TypeError, match=r"ids must be a 1-D array or list of integer window indices, got 3"):
+        w.gather(3)
+    with pytest.raises(IndexError, match=rf"got {2**64 - 1}: out of range"):
+        w.gather(np.array([2**64 - 1], dtype=np.uint64))
     with pytest.raises(ValueError, match=r"out_x must be a writeable C-contiguous numeric array of shape \(2, 4, 2\)"):
         w.gather(np.array([0, 1]), np.empty((1, 4, 2)), np.empty((2, 1, 2)))
     readonly = np.empty((2, 1, 2))

@@ -119,3 +119,13 @@ def test_same_batches_and_orders_with_one_or_all_numba_threads():
 @pytest.mark.parametrize("seed", [0, 1, 2**63, 2**64 - 1])
 def test_every_valid_seed_gives_a_permutation(seed):
     np.testing.assert_array_equal(np.sort(shuffled(257, seed, 2**40)), np.arange(257))
+
+
+def test_epochs_past_int64_are_refused_not_wrapped_round_to_epoch_0():
+    last = 2**63 - 1
+    np.testing.assert_array_equal(np.sort(shuffled(257, 7, last)), np.arange(257))
+    for epoch in (2**63, 2**64):  # 2**64 used to give epoch 0's order
+        with pytest.raises(ValueError, match=rf"epoch must be an integer <= {last}, got epoch={epoch}"):
+            shuffled(257, 7, epoch)
+        with pytest.raises(ValueError, match=rf"got epoch={epoch}"):
+            EpochOrder(100, shuffle=False, seed=7, epoch=epoch, kind="feistel")
