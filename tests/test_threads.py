@@ -63,4 +63,6 @@ def test_batches_do_not_depend_on_the_thread_choice(num_threads):
     w = fb.SlidingWindows(data, window=12, horizon=2)
     a = [x.clone() for x, _ in fb.WindowLoader(w, batch_size=100, shuffle=True, seed=3, num_threads=num_threads)]
     b = [x.clone() for x, _ in fb.WindowLoader(w, batch_size=100, shuffle=True, seed=3, num_threads=1, prefetch=0)]
-    assert all(np.array_equal(p.numpy(), q.numpy()) for p, q in zip(a, b))
+    assert len(a) == len(b) == 50
+    for p, q in zip(a, b, strict=True):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())
