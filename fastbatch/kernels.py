@@ -8,9 +8,13 @@ plain numpy slicing.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
+import types
 
 import numba
+import numba.np.ufunc.parallel as _numba_parallel
 import numpy as np
 
 from fastbatch._jit import jit, prange
@@ -22,10 +26,55 @@ from fastbatch._jit import jit, prange
 _launch_lock = threading.Lock()
 _layer_is_threadsafe = False
 
+# GNU OpenMP cannot run a parallel region in a process forked after its
+# threads started: Numba's "omp" layer then prints "fork() called from a
+# process already using GNU OpenMP" and kills the process (DataLoader workers
+# after any gather in the parent).  Each parallel kernel has a serial twin,
+# compiled without parallel=True, which never touches the threading layer;
+# run_parallel takes it in such a child and in DataLoader worker processes,
+# where one thread per worker is also what avoids oversubscribing the cores.
+_SERIAL: dict = {}
+_forked_after_launch = False
+
+
+def _note_fork() -> None:
+    global _forked_after_launch
+    # Numba's own flag for "threads launched"; assume launched if it ever moves.
+    if getattr(_numba_parallel, "_is_initialized", True):
+        _forked_after_launch = True
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
+
+def parallel_kernel(fn):
+    """``jit(parallel=True)`` of ``fn``, and its serial twin for :func:`run_parallel`.
+
+    The twin is a copy of ``fn`` under another name: Numba's cache keys a
+    compiled kernel by the function's name and bytecode, not its options, so
+    under the same name the two would load each other's machine code.
+    """
+    kernel = jit(parallel=True)(fn)
+    name = fn.__name__ + "_serial"
+    twin = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    twin.__qualname__, twin.__doc__ = name, fn.__doc__
+    _SERIAL[kernel] = jit()(twin)
+    return kernel
+
+
+def _serial_only() -> bool:
+    """True in a DataLoader worker process, or in a process forked after Numba's threads started."""
+    if _forked_after_launch:
+        return True
+    data = sys.modules.get("torch.utils.data")
+    return data is not None and data.get_worker_info() is not None
+
 
 def run_parallel(kernel, *args):
-    """Call a ``parallel=True`` kernel, serialised where Numba's threading layer needs it."""
+    """Call a :func:`parallel_kernel`, serially where OpenMP must not start, else serialised as the layer needs."""
     global _layer_is_threadsafe
+    if _serial_only():
+        return _SERIAL[kernel](*args)
     if _layer_is_threadsafe:
         return kernel(*args)
     with _launch_lock:
@@ -75,7 +124,7 @@ def shuffled_order(out, key):
         out[j] = tmp
 
 
-@jit(parallel=True)
+@parallel_kernel
 def gather_windows(data, ids, stride, dilation, window, horizon, target_columns, out_x, out_y, mean=None, std=None):
     """Copy windows ``ids`` of ``data`` into ``out_x`` and ``out_y``, casting on the way.
 
@@ -121,7 +170,7 @@ def gather_windows(data, ids, stride, dilation, window, horizon, target_columns,
 # -- many series ----------------------------------------------------------------
 
 
-@jit(parallel=True)
+@parallel_kernel
 def gather_runs(flat, ids, step, run_x, run_y, out_x, out_y):
     """The contiguous case of :func:`gather_windows`, as runs of elements.
 
@@ -167,7 +216,7 @@ def _copy_window(src, row, b, dilation, window, horizon, target_columns, out_x, 
                 out_y[b, h, c] = (np.float64(src[e + h, col]) - mean[col]) / std[col]
 
 
-@jit(parallel=True)
+@parallel_kernel
 def gather_concatenated(data, row_starts, offsets, ids, stride, dilation, window, horizon, target_columns,
                         out_x, out_y, series_out=None, mean=None, std=None):
     """:func:`gather_windows` for series laid end to end in one ``(N, F)`` array.
@@ -187,7 +236,7 @@ def gather_concatenated(data, row_starts, offsets, ids, stride, dilation, window
             series_out[b] = s
 
 
-@jit(parallel=True)
+@parallel_kernel
 def gather_series_list(arrays, offsets, ids, stride, dilation, window, horizon, target_columns,
                        out_x, out_y, series_out=None, mean=None, std=None):
     """:func:`gather_windows` over a ``numba.typed.List`` of ``(N_s, F)`` arrays, one per series.
@@ -310,7 +359,7 @@ def block_index(p, n, key, block_windows, pool_blocks, n_blocks, block_bits, blo
     return v - n if v >= n else v
 
 
-@jit(parallel=True)
+@parallel_kernel
 def epoch_ids(out, start, n, rank, world_size, kind, key, block_windows, pool_blocks):
     """Fill ``out`` with the window ids at positions ``start ...`` of one rank's share of an epoch.
 
