@@ -1,0 +1,688 @@
+"""Long-format tables (pandas, polars, pyarrow; Parquet and Arrow IPC files) to a :class:`~fastbatch.panel.Panel`.
+
+One row per (series, time step), as pytorch-forecasting and neuralforecast
+take them: ``id`` (``group_ids`` / ``unique_id``), ``time`` (``time_idx`` /
+``ds``), ``target`` (``y``), ``past`` (``time_varying_unknown_reals`` /
+``hist_exog_list``), ``future`` (``time_varying_known_reals`` /
+``futr_exog_list``), ``static`` (``static_reals``/categorical codes /
+``stat_exog_list``).
+
+The table becomes contiguous arrays once: the id column is factorised (ids
+sorted), the rows are sorted by (id, time) only when an O(N) check finds them
+out of order, every check runs before anything is built, and numeric Arrow
+columns without nulls are read in place.  pandas, polars and pyarrow are
+imported only when such an input is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from fastbatch._checks import _show, check_int
+from fastbatch.panel import Panel, PanelOptions, PanelTime
+
+FILLS = ("raise", "ffill", "nan")
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+# -- options ---------------------------------------------------------------------
+
+
+def _names(value: Any, what: str, *, allow_empty: bool = True) -> tuple[str, ...]:
+    if value is None:
+        value = ()
+    elif isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{what} must be a column name or a list of them, got {_show(value)}")
+    if not value and not allow_empty:
+        raise ValueError(f"{what} must name at least one column, got {_show(value)}")
+    return tuple(value)
+
+
+def make_options(*, id: Any, time: str, target: Any, past: Any = (), future: Any = (), static: Any = (),
+                 window: int, horizon: int = 1, stride: int = 1, fill: str = "raise", scale: str | None = None,
+                 dtype: Any = "float32", step: Any = None) -> PanelOptions:
+    """Check and normalise :func:`from_frame`'s options (raises before any data is read)."""
+    from fastbatch.panel import SCALES
+
+    if not isinstance(time, str):
+        raise TypeError(f"time must be a column name, got {_show(time)}")
+    ids = None if id is None else _names(id, "id", allow_empty=False)
+    groups = {"target": _names(target, "target", allow_empty=False), "past": _names(past, "past"),
+              "future": _names(future, "future"), "static": _names(static, "static")}
+    seen: dict[str, str] = {c: "id" for c in ids or ()}
+    seen[time] = "time" if time not in seen else seen[time]
+    for role, cols in groups.items():
+        for c in cols:
+            if c in seen:
+                raise ValueError(f"column {c!r} is given as both {seen[c]} and {role}; each column has one role")
+            seen[c] = role
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {FILLS}, got fill={fill!r}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be None, 'standard' or 'robust', got scale={scale!r}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be a numpy float dtype such as 'float32', got {_show(dtype)}") from None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be float32 or float64 for panels, got dtype={dt}")
+    return PanelOptions(
+        id=None if ids is None else (ids[0] if len(ids) == 1 else ids), time=time, **groups,
+        window=check_int("window", window, minimum=1), horizon=check_int("horizon", horizon, minimum=0),
+        stride=check_int("stride", stride, minimum=1), fill=fill, scale=scale, dtype=dt, step=step)
+
+
+# -- tables ----------------------------------------------------------------------
+
+
+class _Columns:
+    """What the builder needs from a table, whatever its library."""
+
+    names: list[str]
+    n_rows: int
+
+    def numeric(self, name: str, role: str) -> np.ndarray:
+        """A 1-D numeric column (bool, int or float); nulls as NaN (ints with nulls become float64)."""
+        raise NotImplementedError
+
+    def time(self, name: str) -> tuple[np.ndarray, str | None, str | None]:
+        """``(int64 ticks, unit or None, time zone or None)``."""
+        raise NotImplementedError
+
+    def codes(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(codes, uniques)``: int64 codes into the sorted unique ids (-1 for a null)."""
+        raise NotImplementedError
+
+    def example(self, name: str) -> tuple[int, Any]:
+        """A value of a non-numeric column to show in the error: ``(row, value)``."""
+        raise NotImplementedError
+
+
+class _NotNumeric(TypeError):
+    """Raised by a column reader; :func:`build` adds the series and the value to the message."""
+
+
+def _non_numeric(name: str, role: str, kind: str) -> _NotNumeric:
+    return _NotNumeric(kind)
+
+
+def _example(values: Any) -> tuple[int, Any]:
+    """The first value that is not a number (row, value), looking at the first rows only; else row 0."""
+    import numbers
+
+    for row, v in enumerate(values[:100_000]):
+        if isinstance(v, bool) or not isinstance(v, numbers.Number):
+            return row, v
+    return 0, values[0]
+
+
+def _datetime_ticks(array: np.ndarray, name: str) -> tuple[np.ndarray, str | None]:
+    if array.dtype.kind == "M":
+        unit = np.datetime_data(array.dtype)[0]
+        ticks = array.view(np.int64)
+        if (ticks == np.iinfo(np.int64).min).any():  # NaT
+            raise ValueError(f"time column {name!r} holds a null (NaT) at row {int(np.argmax(ticks == ticks.min()))}")
+        return ticks, unit
+    if array.dtype.kind in "iu":
+        return array.astype(np.int64, copy=False), None
+    raise TypeError(f"time column {name!r} must hold integers or timestamps, got dtype {array.dtype}")
+
+
+class _PandasColumns(_Columns):
+    def __init__(self, frame) -> None:
+        self.frame = frame
+        self.names = [str(c) for c in frame.columns]
+        self.n_rows = len(frame)
+
+    def numeric(self, name: str, role: str) -> np.ndarray:
+        import pandas as pd
+
+        s = self.frame[name]
+        dt = s.dtype
+        if isinstance(dt, pd.CategoricalDtype) and role == "static":
+            codes = s.cat.codes.to_numpy()
+            return np.where(codes < 0, np.nan, codes) if (codes < 0).any() else codes
+        if isinstance(dt, np.dtype):
+            if dt.kind not in "biuf":
+                raise _non_numeric(name, role, f"dtype {dt}")
+            return s.to_numpy()
+        numpy_dtype = getattr(dt, "numpy_dtype", None)
+        if numpy_dtype is None or numpy_dtype.kind not in "biuf":
+            raise _non_numeric(name, role, f"dtype {dt}")
+        if s.hasnans:
+            return s.to_numpy(dtype=np.float64, na_value=np.nan)
+        return s.to_numpy(dtype=numpy_dtype)
+
+    def example(self, name: str) -> tuple[int, Any]:
+        return _example(self.frame[name].to_numpy())
+
+    def time(self, name: str):
+        import pandas as pd
+
+        s = self.frame[name]
+        tz = None
+        if isinstance(s.dtype, pd.DatetimeTZDtype):
+            tz = str(s.dtype.tz)
+            s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+        elif not isinstance(s.dtype, np.dtype):
+            if s.hasnans:
+                raise ValueError(f"time column {name!r} holds a null at row {int(np.argmax(s.isna().to_numpy()))}")
+            numpy_dtype = getattr(s.dtype, "numpy_dtype", None)
+            if numpy_dtype is None:
+                raise TypeError(f"time column {name!r} must hold integers or timestamps, got dtype {s.dtype}")
+            s = s.astype(numpy_dtype)
+        ticks, unit = _datetime_ticks(s.to_numpy(), name)
+        return ticks, unit, tz
+
+    def codes(self, name: str):
+        import pandas as pd
+
+        s = self.frame[name]
+        try:
+            codes, uniques = pd.factorize(s, sort=True)
+        except TypeError:  # ids of kinds that do not compare: first-appearance order
+            codes, uniques = pd.factorize(s, sort=False)
+        return codes.astype(np.int64, copy=False), _id_array(uniques)
+
+
+class _ArrowColumns(_Columns):
+    def __init__(self, table) -> None:
+        self.table = table
+        self.names = list(table.column_names)
+        self.n_rows = table.num_rows
+
+    def _column(self, name: str):
+        return self.table.column(name)
+
+    def numeric(self, name: str, role: str) -> np.ndarray:
+        import pyarrow as pa
+
+        col = self._column(name)
+        t = col.type
+        if pa.types.is_dictionary(t) and role == "static":
+            col = col.cast(t.value_type) if not pa.types.is_integer(t.value_type) else col
+            if pa.types.is_dictionary(col.type):
+                col = pa.chunked_array([c.indices for c in col.chunks], type=t.index_type)
+            return _arrow_numpy(col)
+        if pa.types.is_boolean(t):
+            col = col.cast(pa.uint8())
+        elif not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+            raise _non_numeric(name, role, f"Arrow type {t}")
+        if pa.types.is_float16(col.type):
+            col = col.cast(pa.float32())  # Numba reads no float16
+        return _arrow_numpy(col)
+
+    def example(self, name: str) -> tuple[int, Any]:
+        return 0, self._column(name).slice(0, 1).to_pylist()[0]
+
+    def time(self, name: str):
+        import pyarrow as pa
+
+        col = self._column(name)
+        if col.null_count:
+            raise ValueError(f"time column {name!r} holds {col.null_count} nulls")
+        tz = getattr(col.type, "tz", None)
+        if pa.types.is_date(col.type):
+            col = col.cast(pa.timestamp("s"))
+        if not (pa.types.is_timestamp(col.type) or pa.types.is_integer(col.type)):
+            raise TypeError(f"time column {name!r} must hold integers or timestamps, got Arrow type {col.type}")
+        ticks, unit = _datetime_ticks(_arrow_numpy(col), name)
+        return ticks, unit, tz
+
+    def codes(self, name: str):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        col = self._column(name)
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        uniques = pc.unique(col).drop_null()
+        uniques = uniques.take(pc.sort_indices(uniques))
+        codes = pc.index_in(col, value_set=uniques)
+        codes = codes.fill_null(-1) if codes.null_count else codes
+        return _arrow_numpy(codes).astype(np.int64), _id_array(uniques.to_pylist())
+
+
+def _arrow_numpy(col) -> np.ndarray:
+    """A ChunkedArray as numpy: in place for one chunk of numbers without nulls, else one copy."""
+    if col.num_chunks == 1 and col.null_count == 0:
+        try:
+            return col.chunk(0).to_numpy(zero_copy_only=True)
+        except Exception:  # noqa: BLE001 - a layout that cannot be shared: copy below
+            pass
+    if col.num_chunks == 0:
+        return np.empty(0, dtype=col.type.to_pandas_dtype())
+    return col.to_numpy()
+
+
+def _id_array(uniques: Any) -> np.ndarray:
+    """Unique ids as a 1-D array; tuples and strings kept as Python objects."""
+    values = list(uniques) if not isinstance(uniques, np.ndarray) else uniques
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iufbM":
+        return values
+    out = np.empty(len(values), dtype=object)
+    for k, v in enumerate(values):  # a slice assignment would unpack tuples into a 2-D array
+        out[k] = v
+    if out.size and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in out):
+        return out.astype(np.int64)
+    return out
+
+
+def columns_of(frame: Any) -> _Columns:
+    """The right column reader for a pandas or polars DataFrame or a pyarrow Table."""
+    module = type(frame).__module__.split(".")[0]
+    if module == "pandas":
+        return _PandasColumns(frame)
+    if module == "polars":
+        return _ArrowColumns(frame.to_arrow())  # zero-copy for numeric columns
+    if module == "pyarrow":
+        import pyarrow as pa
+
+        if isinstance(frame, pa.RecordBatch):
+            frame = pa.Table.from_batches([frame])
+        if isinstance(frame, pa.Table):
+            return _ArrowColumns(frame)
+    raise TypeError(f"frame must be a pandas or polars DataFrame or a pyarrow Table, got {type(frame).__name__}")
+
+
+# -- the build -------------------------------------------------------------------
+
+
+def from_frame(frame: Any, *, id: Any, time: str, target: Any, past: Any = (), future: Any = (),
+               static: Any = (), window: int, horizon: int = 1, stride: int = 1, fill: str = "raise",
+               scale: str | None = None, dtype: Any = "float32", step: Any = None) -> Panel:
+    """A long-format table as a :class:`~fastbatch.panel.Panel`.
+
+    Parameters
+    ----------
+    frame:
+        A pandas or polars DataFrame or a pyarrow Table, one row per (series, time step), in any order.
+    id:
+        The series id column (any hashable values), a list of columns (ids are
+        then tuples), or ``None`` for one series.  Series come in the order of
+        their sorted ids (first appearance for ids that do not compare).
+    time:
+        The time column: integers, or timestamps (pandas datetime64, with or
+        without a time zone, Arrow timestamp or date), regular within each series.
+    target, past, future, static:
+        Column names (a name or a list).  ``past``: observed covariates, known
+        up to the forecast start; ``future``: known over the window and the
+        horizon; ``static``: constant per series (numbers, or categories as
+        integer codes: pandas ``category`` and Arrow dictionary columns give
+        their codes).
+    window, horizon, stride:
+        ``T``, ``H`` and the steps between window starts.  Series shorter than
+        ``T + H`` are left out and counted in ``Panel.skipped``.
+    fill:
+        ``"raise"`` (default): a missing step or a null/NaN in target or
+        covariates is an error.  ``"ffill"``: missing steps are inserted and
+        they, and nulls, take the last value of their series (a null in a
+        series' first row stays an error).  ``"nan"``: missing steps are
+        inserted as NaN and nulls become NaN.
+    scale:
+        ``None``, ``"standard"`` or ``"robust"``: recorded in the options; the
+        statistics are fitted by :func:`fastbatch.panel.windows` / ``split``.
+    dtype:
+        The batch dtype, float32 or float64; values are kept in the source's
+        dtype and cast by the gather.  Columns that cannot be cast to it
+        (``same_kind``) are refused.
+    step:
+        The step between time stamps of every series (an integer, or a
+        timedelta such as ``"1h"``/``np.timedelta64(1, "h")``).  By default each
+        series' step is its smallest difference between consecutive times.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Before anything is built: naming the column, the series and the value.
+    """
+    options = make_options(id=id, time=time, target=target, past=past, future=future, static=static,
+                           window=window, horizon=horizon, stride=stride, fill=fill, scale=scale, dtype=dtype,
+                           step=step)
+    return build(columns_of(frame), options)
+
+
+def build(table: _Columns, o: PanelOptions) -> Panel:
+    """The checks and the build of :func:`from_frame`, on a column reader."""
+    wanted = [*(() if o.id is None else _names(o.id, "id")), o.time, *o.target, *o.past, *o.future, *o.static]
+    missing = [c for c in wanted if c not in table.names]
+    if missing:
+        raise ValueError(f"columns {missing} are missing from the table; it has {table.names}")
+    if table.n_rows == 0:
+        raise ValueError("the table has no rows")
+    ticks, unit, tz = table.time(o.time)
+    codes, series_ids = _series_codes(table, o.id)
+    blocks = {role: [_numeric(table, c, role, o, codes, series_ids) for c in getattr(o, role)]
+              for role in ("target", "past", "future", "static")}
+    axis = PanelTime(np.empty(0, np.int64), np.empty(0, np.int64), unit, tz)
+    layout = _Layout(codes, ticks, series_ids, axis, o)
+    values_cols = blocks["target"] + blocks["past"]
+    names = o.target + o.past + o.future
+    for name, col in zip(names, values_cols + blocks["future"]):
+        layout.check_nulls(name, col)
+    static = layout.static_rows(o.static, blocks["static"])
+    values = layout.gather(values_cols)
+    future = layout.gather(blocks["future"])
+    time = PanelTime(layout.start, layout.step, unit, tz)
+    return Panel(values, future, static, layout.lengths, series_ids[layout.keep], time, o, layout.skipped)
+
+
+def _numeric(table: _Columns, name: str, role: str, o: PanelOptions, codes: np.ndarray,
+             series_ids: np.ndarray) -> np.ndarray:
+    """A value column as numbers castable to the batch dtype, or a TypeError naming column, series and value."""
+    try:
+        col = table.numeric(name, role)
+    except _NotNumeric as error:
+        row, value = table.example(name)
+        hint = ("encode it as integer codes first (e.g. pandas .cat.codes)" if role == "static" else
+                "categories must be given as static integer codes, or encoded as numbers first")
+        raise TypeError(
+            f"column {name!r} ({role}) must be numeric (bool, int or float) to be cast to {o.dtype}, got {error}: "
+            f"series {_plain(series_ids[codes[row]])!r} holds {_plain(value)!r} (row {row}); {hint}") from None
+    if not np.can_cast(col.dtype, o.dtype, "same_kind"):  # pragma: no cover - every numeric kind casts to float
+        raise TypeError(f"column {name!r} ({role}) has dtype {col.dtype}, which cannot be cast to {o.dtype}")
+    return col
+
+
+def _series_codes(table: _Columns, id: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Int64 codes of each row's series, in sorted-id order, and the ids."""
+    if id is None:
+        return np.zeros(table.n_rows, np.int64), _id_array([None])
+    names = _names(id, "id")
+    parts = []
+    for name in names:
+        codes, uniques = table.codes(name)
+        if codes.size and codes.min() < 0:
+            row = int(np.argmax(codes < 0))
+            raise ValueError(f"id column {name!r} holds a null at row {row}; every row needs a series id")
+        parts.append((codes, uniques))
+    if len(parts) == 1:
+        return parts[0]
+    # Several id columns: one mixed-radix key, sorted like the tuples.
+    key = np.zeros(table.n_rows, np.int64)
+    for codes, uniques in parts:
+        key = key * len(uniques) + codes
+    unique_keys, codes = _dense(key)
+    ids, rest = [], unique_keys.copy()
+    for codes_k, uniques in reversed(parts):
+        ids.append(uniques[rest % len(uniques)])
+        rest //= len(uniques)
+    return codes, _id_array(list(zip(*reversed(ids))))
+
+
+def _dense(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sorted unique keys, code of each key)``: O(N) when the keys are already sorted."""
+    if key.size and np.all(key[1:] >= key[:-1]):
+        new = np.empty(key.size, bool)
+        new[0] = True
+        np.not_equal(key[1:], key[:-1], out=new[1:])
+        return key[new], np.cumsum(new) - 1
+    unique, inverse = np.unique(key, return_inverse=True)
+    return unique, inverse.astype(np.int64)
+
+
+class _Layout:
+    """Where each source row goes: the sort (only if needed), the checks, inserted steps, left-out series."""
+
+    def __init__(self, codes: np.ndarray, ticks: np.ndarray, series_ids: np.ndarray, axis: PanelTime,
+                 o: PanelOptions) -> None:
+        self.o, self.axis, self.ids = o, axis, series_ids
+        self.codes, self.ticks = codes, ticks  # source order, for messages
+        n = codes.shape[0]
+        same = codes[1:] == codes[:-1]
+        in_order = (codes[1:] > codes[:-1]) | (same & (ticks[1:] > ticks[:-1]))
+        self.order = None if in_order.all() else _sort_order(codes, ticks)
+        if self.order is not None:
+            codes, ticks = codes[self.order], ticks[self.order]
+            same = codes[1:] == codes[:-1]
+        diff = ticks[1:] - ticks[:-1]
+        dup = same & (diff == 0)
+        if dup.any():
+            r = int(np.argmax(dup))
+            raise ValueError(f"series {self._show_id(codes[r])} has two rows at time {axis.show(ticks[r])} "
+                             f"(column {o.time!r}); each (id, time) pair must be unique")
+        counts = np.bincount(codes, minlength=series_ids.shape[0])
+        starts = np.zeros(counts.shape[0], np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        self.step = self._steps(codes, ticks, same, diff, starts)
+        step_row = self.step[codes[:-1]]
+        irregular = same & (diff % step_row != 0)
+        if irregular.any():
+            r = int(np.argmax(irregular))
+            raise ValueError(
+                f"series {self._show_id(codes[r])} is not regular in column {o.time!r}: {axis.show(ticks[r + 1])} "
+                f"follows {axis.show(ticks[r])}, which is not a whole number of its steps of {int(step_row[r])}")
+        gaps = same & (diff != step_row)
+        if gaps.any() and o.fill == "raise":
+            r = int(np.argmax(gaps))
+            raise ValueError(
+                f"series {self._show_id(codes[r])} has a gap in column {o.time!r}: the step after "
+                f"{axis.show(ticks[r])}, {axis.show(ticks[r] + step_row[r])}, is missing (next: "
+                f"{axis.show(ticks[r + 1])}); pass fill='ffill' or fill='nan' to insert missing steps")
+        first = ticks[starts] if n else starts
+        last = ticks[starts + counts - 1]
+        lengths = (last - first) // self.step + 1
+        span = o.window + o.horizon
+        self.keep = lengths >= span
+        if not self.keep.any():
+            raise ValueError(f"every series is shorter than window + horizon = {span} steps (the longest has "
+                             f"{int(lengths.max())}); none is left")
+        self.skipped = int((~self.keep).sum())
+        self.lengths = lengths[self.keep].astype(np.int64)
+        self.has_gaps = bool(gaps.any())
+        self.source = self._source_rows(codes, ticks, starts, first, lengths)
+        self.start, self.step = first[self.keep], self.step[self.keep]
+
+    def _steps(self, codes, ticks, same, diff, starts) -> np.ndarray:
+        """Each series' step: ``step=`` or its smallest difference between consecutive times."""
+        o = self.o
+        n_series = starts.shape[0]
+        if o.step is not None:
+            step = _step_ticks(o.step, self.axis)
+            small = same & (diff < step)
+            if small.any():
+                r = int(np.argmax(small))
+                raise ValueError(f"series {self._show_id(codes[r])}: {self.axis.show(ticks[r + 1])} follows "
+                                 f"{self.axis.show(ticks[r])}, closer than step={o.step!r}")
+            return np.full(n_series, step, np.int64)
+        within = np.full(codes.shape[0], _INT64_MAX, np.int64)
+        within[:-1][same] = diff[same]
+        step = np.minimum.reduceat(within, starts) if within.size else within
+        return np.where(step == _INT64_MAX, 1, step).astype(np.int64)
+
+    def _source_rows(self, codes, ticks, starts, first, lengths) -> np.ndarray | None:
+        """For each output row, its source row; None for the identity.
+
+        Inserted steps (``self.inserted``) read the row before them for
+        fill='ffill' and row 0 for fill='nan' (then overwritten with NaN).
+        """
+        self.inserted = None
+        if self.order is None and not self.has_gaps and self.keep.all():
+            return None
+        out_starts = np.zeros(lengths.shape[0], np.int64)
+        np.cumsum(np.where(self.keep, lengths, 0)[:-1], out=out_starts[1:])
+        keep_row = self.keep[codes]
+        if self.has_gaps:
+            dest = out_starts[codes] + (ticks - first[codes]) // self.step[codes]
+        else:
+            dest = out_starts[codes] + (np.arange(codes.shape[0]) - starts[codes])
+        sorted_rows = np.full(int(self.lengths.sum()), -1, np.int64)
+        sorted_rows[dest[keep_row]] = np.flatnonzero(keep_row)
+        self.inserted = sorted_rows < 0 if self.has_gaps else None
+        if self.o.fill == "ffill" and self.has_gaps:
+            # A series' first row is never inserted, so no value leaks across series.
+            np.maximum.accumulate(sorted_rows, out=sorted_rows)
+        rows = np.maximum(sorted_rows, 0)
+        return rows if self.order is None else self.order[rows]
+
+    def _show_id(self, code: int) -> str:
+        return repr(_plain(self.ids[int(code)]))
+
+    # -- per column ------------------------------------------------------------
+    def check_nulls(self, name: str, col: np.ndarray) -> None:
+        """Refuse NaN (fill='raise'), and a NaN in a series' first row for fill='ffill'."""
+        if col.dtype.kind != "f" or self.o.fill == "nan":
+            return
+        nan = np.isnan(col)
+        if not nan.any():
+            return
+        if self.o.fill == "raise":
+            r = int(np.argmax(nan))
+            raise ValueError(f"column {name!r} holds a null/NaN in series {self._show_id(self.codes[r])} at time "
+                             f"{self.axis.show(self.ticks[r])}; pass fill='ffill' or fill='nan', or clean it first")
+        first_rows = self._first_source_rows()
+        bad = nan[first_rows]
+        if bad.any():
+            s = int(np.argmax(bad))
+            raise ValueError(f"column {name!r} holds a null/NaN in the first row of series {self._show_id(s)}: "
+                             "fill='ffill' has no earlier value to carry forward")
+
+    def _first_source_rows(self) -> np.ndarray:
+        """The source row of each series' first time step (all series, kept or not)."""
+        counts = np.bincount(self.codes, minlength=self.ids.shape[0])
+        starts = np.zeros(counts.shape[0], np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        return starts if self.order is None else self.order[starts]
+
+    def static_rows(self, names: Sequence[str], cols: list[np.ndarray]) -> np.ndarray:
+        """``(n_kept_series, n_static)``: each static column's value per series, checked constant."""
+        first = self._first_source_rows()
+        out = np.empty((int(self.keep.sum()), len(cols)), _common_dtype(cols, False))
+        for j, (name, col) in enumerate(zip(names, cols)):
+            per_series = col[first]
+            if col.dtype.kind == "f" and np.isnan(per_series).any() | np.isnan(col).any():
+                r = int(np.argmax(np.isnan(col)))
+                raise ValueError(f"static column {name!r} holds a null/NaN in series {self._show_id(self.codes[r])} "
+                                 f"at time {self.axis.show(self.ticks[r])}")
+            varies = col != per_series[self.codes]
+            if varies.any():
+                r = int(np.argmax(varies))
+                s = int(self.codes[r])
+                raise ValueError(f"static column {name!r} varies within series {self._show_id(s)}: "
+                                 f"{_plain(per_series[s])!r} and {_plain(col[r])!r} (at time "
+                                 f"{self.axis.show(self.ticks[r])})")
+            out[:, j] = per_series[self.keep]
+        return out
+
+    def gather(self, cols: list[np.ndarray]) -> np.ndarray:
+        """The columns as one ``(N_out, len(cols))`` array in output row order (a view when it can be)."""
+        n_out = int(self.lengths.sum())
+        nan_rows = self.inserted is not None and self.o.fill == "nan"
+        dtype = _common_dtype(cols, nan_rows)
+        ffill = self.o.fill == "ffill" and any(c.dtype.kind == "f" and np.isnan(c).any() for c in cols)
+        if self.source is None and len(cols) == 1 and cols[0].dtype == dtype and not ffill:
+            return cols[0][:, None]  # the source itself: no copy
+        # Column by column into a (F, N) block, so each copy is one contiguous
+        # run; its transpose is the (N, F) array the gather reads.
+        out = np.empty((len(cols), n_out), dtype).T
+        for j, col in enumerate(cols):
+            if self.source is None:
+                out[:, j] = col
+            elif col.dtype == dtype:
+                np.take(col, self.source, out=out[:, j])  # no temporary
+            else:
+                out[:, j] = col[self.source]
+        if nan_rows:
+            out[self.inserted] = np.nan
+        if ffill:
+            _ffill_columns(out)
+        return out
+
+
+def _ffill_columns(out: np.ndarray) -> None:
+    """Carry each column's last value over NaN (check_nulls made sure no series starts with one)."""
+    for j in range(out.shape[1]):
+        col = out[:, j]
+        nan = np.isnan(col)
+        if nan.any():
+            idx = np.where(nan, 0, np.arange(col.shape[0]))
+            np.maximum.accumulate(idx, out=idx)
+            out[:, j] = col[idx]
+
+
+def _common_dtype(cols: list[np.ndarray], needs_nan: bool) -> np.dtype:
+    if not cols:
+        return np.dtype(np.float32)
+    dtype = np.result_type(*[c.dtype for c in cols])
+    if dtype == np.bool_:
+        dtype = np.dtype(np.uint8)
+    if dtype.kind != "f" and needs_nan:
+        dtype = np.dtype(np.float64)
+    if dtype == np.float16:
+        dtype = np.dtype(np.float32)  # Numba reads no float16
+    return dtype
+
+
+def _sort_order(codes: np.ndarray, ticks: np.ndarray) -> np.ndarray:
+    """Rows in (series, time) order: by placement in O(N) when the series are complete, else a sort."""
+    n_series = int(codes.max()) + 1
+    order = _placement_order(codes, ticks, n_series)
+    if order is not None:
+        return order
+    lo, hi = int(ticks.min()), int(ticks.max())
+    if (hi - lo + 1) * n_series < 2**62:
+        return np.argsort(codes * (hi - lo + 1) + (ticks - lo), kind="stable")
+    return np.lexsort((ticks, codes))
+
+
+def _placement_order(codes: np.ndarray, ticks: np.ndarray, n_series: int) -> np.ndarray | None:
+    """The sorting permutation without a sort, or None when a series is not a complete regular grid.
+
+    A series of ``n`` rows spanning ``lo..hi`` with no gap and no duplicate
+    is exactly the times ``lo + k * (hi - lo) / (n - 1)``, so each row's
+    place follows from its time.  Anything else (gaps, duplicates, irregular
+    steps) falls back to the sort, whose checks then name the problem.
+    """
+    counts = np.bincount(codes, minlength=n_series)
+    lo = np.full(n_series, _INT64_MAX, np.int64)
+    hi = np.full(n_series, np.iinfo(np.int64).min, np.int64)
+    np.minimum.at(lo, codes, ticks)
+    np.maximum.at(hi, codes, ticks)
+    gaps = np.maximum(counts - 1, 1)
+    if ((hi - lo) % gaps).any():
+        return None
+    step = np.maximum((hi - lo) // gaps, 1)
+    offset = ticks - lo[codes]
+    row_step = step[codes]
+    if (offset % row_step).any():
+        return None
+    starts = np.zeros(n_series, np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    dest = starts[codes] + offset // row_step
+    if (dest >= starts[codes] + counts[codes]).any() or not (np.bincount(dest, minlength=codes.shape[0]) == 1).all():
+        return None
+    order = np.empty(codes.shape[0], np.int64)
+    order[dest] = np.arange(codes.shape[0])
+    return order
+
+
+def _step_ticks(step: Any, axis: PanelTime) -> int:
+    if axis.unit is None:
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+            raise ValueError(f"step must be an integer >= 1 for an integer time column, got step={step!r}")
+        return int(step)
+    try:
+        import pandas as pd
+
+        delta = pd.Timedelta(step).to_timedelta64()
+    except ImportError:
+        delta = np.timedelta64(step)
+    ticks = int(delta.astype(f"timedelta64[{axis.unit}]").astype(np.int64))
+    if ticks < 1:
+        raise ValueError(f"step must be a positive duration of at least one {axis.unit}, got step={step!r}")
+    return ticks
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python values, for messages."""
+    return value.item() if isinstance(value, np.generic) else value

@@ -1,0 +1,238 @@
+"""Long-format tables to panels and windows, against a pandas groupby-and-slice reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from fastbatch.frames import from_frame
+from fastbatch.panel import PanelArrays, gather, split, windows
+from reference_frames import frames, reference_stats, reference_windows
+
+pa = pytest.importorskip("pyarrow")
+
+
+def as_backend(df: pd.DataFrame, backend: str):
+    if backend == "arrow":
+        return pa.Table.from_pandas(df, preserve_index=False)
+    if backend == "polars":
+        pl = pytest.importorskip("polars")
+        return pl.from_arrow(pa.Table.from_pandas(df, preserve_index=False))
+    return df
+
+
+def stacked(ref_windows, field, dtype):
+    return np.stack([w[field] for w in ref_windows]) if ref_windows else None
+
+
+def assert_windows_equal(got: PanelArrays, want: list[dict]) -> None:
+    assert got.series.shape[0] == len(want)
+    for name in ("past", "future", "static", "target"):
+        np.testing.assert_array_equal(getattr(got, name), np.stack([w[name] for w in want]), err_msg=name)
+    np.testing.assert_array_equal(got.series, [w["series"] for w in want])
+
+
+def same_ids(got: np.ndarray, want: list) -> bool:
+    return [tuple(g) if isinstance(g, tuple) else g for g in got.tolist()] == list(want)
+
+
+def backends_for(df: pd.DataFrame, options: dict) -> list[str]:
+    """Arrow and polars hold no tuples in a column."""
+    tuples = options["id"] == "id" and isinstance(df["id"].iloc[0], tuple)
+    return ["pandas"] if tuples else ["pandas", "arrow", "polars"]
+
+
+@given(case=frames(), data=st.data())
+def test_every_window_equals_the_pandas_reference(case, data):
+    df, options = case
+    backend = data.draw(st.sampled_from(backends_for(df, options)))
+    ids, want = reference_windows(df, **options)
+    if not want:
+        with pytest.raises(ValueError, match="shorter than window \\+ horizon"):
+            from_frame(as_backend(df, backend), **options)
+        return
+    panel = from_frame(as_backend(df, backend), **options)
+    assert same_ids(panel.series_ids, ids)
+    n_groups = 1 if options["id"] is None else df.groupby(options["id"]).ngroups
+    assert panel.skipped == n_groups - len(ids)
+    index = windows(panel)
+    assert_windows_equal(gather(panel, index, np.arange(len(index))), want)
+
+
+@given(case=frames(gaps=True), fill=st.sampled_from(["ffill", "nan"]), data=st.data())
+def test_fill_inserts_missing_steps_like_reindex(case, fill, data):
+    df, options = case
+    backend = data.draw(st.sampled_from(backends_for(df, options)))
+    ids, want = reference_windows(df, **options, fill=fill)
+    assume(want)
+    panel = from_frame(as_backend(df, backend), **options, fill=fill)
+    index = windows(panel)
+    assert_windows_equal(gather(panel, index, np.arange(len(index))), want)
+
+
+def numeric_cutoff(df, at_fraction):
+    times = np.sort(df["t"].unique())
+    return times[min(len(times) - 1, int(at_fraction * len(times)))]
+
+
+@given(case=frames(), at_fraction=st.floats(0, 1), data=st.data())
+def test_split_by_time_matches_reference_and_does_not_leak(case, at_fraction, data):
+    df, options = case
+    at = numeric_cutoff(df, at_fraction)
+    if isinstance(at, np.datetime64) or hasattr(at, "tz"):
+        at = pd.Timestamp(at)
+    assume(options["horizon"] >= 1)
+    ids, every = reference_windows(df, **{**options, "stride": 1})
+    assume(every)
+    stride = options["stride"]
+    # Training: the usual grid, the whole target before the cutoff.
+    want_train = [w for w in reference_windows(df, **options)[1] if w["target_end"] < at]
+    # Validation: targets from the cutoff on, every stride-th from the first such window of each series.
+    want_valid = []
+    for s in range(len(ids)):
+        want_valid += [w for w in every if w["series"] == s and w["target_start"] >= at][::stride]
+    panel = from_frame(df, **options)
+    if not want_train or not want_valid:
+        with pytest.raises(ValueError, match="leaves no (training|validation) window"):
+            split(panel, at=at)
+        return
+    train, valid = split(panel, at=at)
+    assert_windows_equal(gather(panel, train, np.arange(len(train))), want_train)
+    assert_windows_equal(gather(panel, valid, np.arange(len(valid))), want_valid)
+
+
+def test_split_last_k_steps():
+    df = pd.DataFrame({"id": np.repeat(["a", "b"], [10, 7]), "t": np.r_[np.arange(10), np.arange(7)],
+                       "y": np.arange(17.0)})
+    panel = from_frame(df, id="id", time="t", target="y", window=3, horizon=2, stride=2)
+    train, valid = split(panel, last=2)
+    tr = gather(panel, train, np.arange(len(train)))
+    va = gather(panel, valid, np.arange(len(valid)))
+    # Series a: 8 training steps (0-7): windows at 0, 2 (target 3-4, 5-6); 4 would need step 8.
+    # Series b: 5 training steps: window at 0 only.  Validation: the last 2 steps of each.
+    assert tr.past[:, 0, 0].tolist() == [0, 2, 10]
+    assert va.target[:, :, 0].tolist() == [[8, 9], [15, 16]]
+    assert va.past[:, :, 0].tolist() == [[5, 6, 7], [12, 13, 14]]
+    with pytest.raises(ValueError, match="leaves no training window"):
+        split(panel, last=9)
+    with pytest.raises(TypeError, match="exactly one of at= .* or last="):
+        split(panel)
+
+
+@given(case=frames(), kind=st.sampled_from(["standard", "robust"]), at_fraction=st.floats(0.3, 1))
+def test_scaling_uses_training_statistics_and_inverts(case, kind, at_fraction):
+    df, options = case
+    assume(options["id"] is not None)
+    try:
+        panel = from_frame(df, **options, scale=kind)
+    except ValueError:
+        return
+    columns = options["target"] + options["past"]
+    at = numeric_cutoff(df, at_fraction)
+    at = pd.Timestamp(at) if not isinstance(at, (int, np.integer)) else at
+    try:
+        train, valid = split(panel, at=at)
+    except ValueError:
+        train, at = windows(panel), None
+    kept = [k for k, _ in df.groupby(options["id"], sort=True)]
+    keep = [k in set(map(lambda v: tuple(v) if isinstance(v, tuple) else v, panel.series_ids.tolist()))
+            for k in kept]
+    center, scale = reference_stats(df, id=options["id"], time="t", columns=columns, kind=kind, before=at)
+    np.testing.assert_allclose(train.scaler.center, center[keep], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(train.scaler.scale, scale[keep], rtol=1e-9, atol=1e-9)
+    # inverse(scaled target) is the data's target, up to float32 rounding.
+    ids = np.arange(len(train))
+    got = gather(panel, train, ids)
+    plain = gather(panel, windows_without_scaling(panel, train), ids)
+    back = train.scaler.inverse(got.target.astype(np.float64), got.series)
+    np.testing.assert_allclose(back, plain.target, rtol=1e-5, atol=1e-5 * np.abs(scale).max())
+
+
+def windows_without_scaling(panel, index):
+    from fastbatch.panel import WindowIndex
+
+    return WindowIndex(index.first_rows, index.offsets, index.stride, None)
+
+
+# -- bad input: each names the column, the series and the value -------------------------
+
+
+def frame(**overrides):
+    df = pd.DataFrame({"id": np.repeat(["a", "b"], 6), "t": np.tile(np.arange(6), 2), "y": np.arange(12.0),
+                       "p": np.ones(12), "f": np.zeros(12), "s": np.repeat([1, 2], 6)})
+    for k, v in overrides.items():
+        df[k] = v
+    return df
+
+
+OPTIONS = dict(id="id", time="t", target="y", past="p", future="f", static="s", window=3, horizon=1)
+BAD = [
+    ("missing column", frame().drop(columns="p"), {}, ValueError, r"columns \['p'\] are missing"),
+    ("duplicate (id, time)", frame(t=np.r_[np.arange(6), [0, 1, 2, 2, 4, 5]]), {}, ValueError,
+     r"series 'b' has two rows at time 2 \(column 't'\)"),
+    ("gap", frame(t=np.r_[np.arange(6), [0, 1, 2, 4, 5, 6]]), {}, ValueError,
+     r"series 'b' has a gap in column 't': the step after 2, 3, is missing"),
+    ("irregular", frame(t=np.r_[np.arange(6), [0, 2, 4, 6, 9, 11]]), {}, ValueError,
+     r"series 'b' is not regular in column 't': 9 follows 6, which is not a whole number of its steps of 2"),
+    ("NaN target", frame(y=np.r_[np.arange(8.0), [np.nan], np.arange(3.0)]), {}, ValueError,
+     r"column 'y' holds a null/NaN in series 'b' at time 2"),
+    ("null future", frame(f=pd.array([0.0] * 3 + [None] + [0.0] * 8, dtype="Float64")), {}, ValueError,
+     r"column 'f' holds a null/NaN in series 'a' at time 3"),
+    ("string covariate", frame(p=["x"] * 12), {}, TypeError, r"column 'p' \(past\) must be numeric .* series 'a' holds 'x'"),
+    ("static varies", frame(s=np.r_[[1] * 6, [2, 2, 3, 2, 2, 2]]), {}, ValueError,
+     r"static column 's' varies within series 'b': 2 and 3 \(at time 2\)"),
+    ("too short", frame(), dict(window=6), ValueError, r"every series is shorter than window \+ horizon = 7 steps"),
+    ("ffill leading NaN", frame(y=np.r_[[np.nan], np.arange(11.0)]), dict(fill="ffill"), ValueError,
+     r"column 'y' .* first row of series 'a'"),
+    ("null id", frame(id=["a"] * 6 + [None] * 6), {}, ValueError, r"id column 'id' holds a null at row 6"),
+    ("float time", frame(t=np.tile(np.arange(6.0), 2)), {}, TypeError, r"time column 't' must hold integers or"),
+    ("role twice", frame(), dict(past="y"), ValueError, r"column 'y' is given as both target and past"),
+    ("bad fill", frame(), dict(fill="bfill"), ValueError, r"fill must be one of"),
+    ("bad dtype", frame(), dict(dtype="int32"), TypeError, r"dtype must be float32 or float64"),
+]
+
+
+@pytest.mark.parametrize("name, df, options, error, message", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_named(name, df, options, error, message):
+    with pytest.raises(error, match=message):
+        from_frame(df, **{**OPTIONS, **options})
+
+
+def test_short_series_are_skipped_and_counted():
+    df = frame(id=np.repeat(["a", "b"], [8, 4]), t=np.r_[np.arange(8), np.arange(4)], s=np.repeat([1, 2], [8, 4]))
+    panel = from_frame(df, **{**OPTIONS, "window": 4})
+    assert panel.skipped == 1 and panel.series_ids.tolist() == ["a"] and panel.lengths.tolist() == [8]
+    assert "skipped=1" in repr(panel)
+
+
+def test_timestamps_and_cutoffs():
+    t = pd.date_range("2024-01-01", periods=10, freq="D", unit="s")
+    df = pd.DataFrame({"ds": t, "y": np.arange(10.0)})
+    panel = from_frame(df, id=None, time="ds", target="y", window=2, horizon=1)
+    assert panel.time.unit == "s" and panel.series_ids.tolist() == [None]
+    assert list(panel.time.values(0, 2)) == list(t[:2].to_numpy())
+    train, valid = split(panel, at="2024-01-08")
+    assert gather(panel, valid, np.arange(len(valid))).target[:, 0, 0].tolist() == [7, 8, 9]
+    with pytest.raises(TypeError, match="holds timestamps, so the cutoff must be one"):
+        split(panel, at=7)
+
+
+def test_arrow_single_column_is_read_in_place():
+    table = pa.table({"id": [1] * 6 + [2] * 6, "t": list(range(6)) * 2, "y": np.arange(12.0)})
+    panel = from_frame(table, id="id", time="t", target="y", window=2)
+    source = table.column("y").chunk(0).to_numpy(zero_copy_only=True)
+    assert np.shares_memory(panel.values, source)
+
+
+def test_categorical_static_gives_codes_and_step_option():
+    df = frame(s=pd.Categorical(np.repeat(["north", "south"], 6)))
+    panel = from_frame(df, **OPTIONS)
+    assert panel.static[:, 0].tolist() == [0, 1]
+    stamps = pd.Timestamp("2024-01-01") + pd.to_timedelta(np.tile([0, 2, 4, 6, 8, 10], 2), unit="h")
+    with pytest.raises(ValueError, match="has a gap"):
+        from_frame(frame(t=stamps), **OPTIONS, step="1h")
+    panel = from_frame(frame(t=stamps), **OPTIONS, step="1h", fill="nan")
+    assert panel.lengths.tolist() == [11, 11] and np.isnan(panel.values[1, 0])
