@@ -27,7 +27,7 @@ from fastbatch.device import PLACEMENTS, DeviceWindows, choose_placement, resolv
 from fastbatch.distributed import resolve_ranks
 from fastbatch.normalize import check_normalize, resolve_normalize
 from fastbatch.order import resolve_order, shard_size
-from fastbatch.pipeline import Chunk, Plan, cpu_chunks, pinned_chunks, resident_chunks
+from fastbatch.pipeline import Chunk, Plan, batches, cpu_chunks, pinned_chunks, resident_chunks
 from fastbatch.prefetch import Prefetcher
 from fastbatch.resume import check_state, make_state
 from fastbatch.staging import HostPool, PinnedRing
@@ -521,7 +521,7 @@ class _EpochIterator:
                 # Allocated on the copy stream, used on the consumer's: keep the
                 # allocator from reusing the memory before that use is done.
                 field.record_stream(stream)
-        self._batches = iter(chunk.batches)
+        self._batches = batches(chunk, self._batch_size)
         return next(self._batches)
 
     def _raise_closed(self):

@@ -98,21 +98,26 @@ class Chunk:
     fields: tuple
     start: int
     ready: Any = None
-    batches: list | None = None
 
     @property
     def n(self) -> int:
         return int(self.fields[0].shape[0])
 
 
-def cut(chunk: Chunk, batch_size: int) -> Chunk:
-    """Cut ``chunk`` into its batches: a new tuple of new tensor views per batch.
+# Batch views are made this many batches at a time, as the consumer reaches
+# them: views made for a whole chunk at once live long enough to be promoted
+# by Python's garbage collector, whose full collections then cost more than
+# the views themselves (measured: 4.9 against 2.3 us a batch, 1,489-batch
+# chunks against groups of 64, textbook setting).
+VIEW_GROUP = 64
 
-    Done in the producer, so with prefetch the views (a microsecond or two
-    each) are made on the producer's core, beside the training step.
-    """
-    chunk.batches = list(zip(*(f.split(batch_size) for f in chunk.fields)))
-    return chunk
+
+def batches(chunk: Chunk, batch_size: int) -> Iterator[tuple]:
+    """The chunk's batches: a new tuple of new tensor views for each."""
+    step = batch_size * VIEW_GROUP
+    fields = chunk.fields
+    for start in range(0, chunk.n, step):
+        yield from zip(*(f[start : start + step].split(batch_size) for f in fields))
 
 
 def finish(plan: Plan, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +152,7 @@ def cpu_chunks(plan: Plan, order: EpochOrder, start: int, pool: HostPool, thread
         tensors = [torch.from_numpy(a) for a in arrays]
         x, y = finish(plan, tensors[0], tensors[1])
         del arrays
-        yield cut(Chunk((x, y, *tensors[2:]), lo), plan.batch_size)
+        yield Chunk((x, y, *tensors[2:]), lo)
 
 
 def pinned_chunks(plan: Plan, order: EpochOrder, start: int, ring: PinnedRing, stream, threads: GatherThreads
@@ -164,7 +169,7 @@ def pinned_chunks(plan: Plan, order: EpochOrder, start: int, ring: PinnedRing, s
             x, y = finish(plan, out[0], out[1])
             ready = _record(stream)
         slot.event = ready
-        yield cut(Chunk((x, y, *out[2:]), lo, ready), plan.batch_size)
+        yield Chunk((x, y, *out[2:]), lo, ready)
 
 
 def resident_chunks(plan: Plan, order: EpochOrder, start: int, resident, ring: PinnedRing, stream
@@ -187,7 +192,7 @@ def resident_chunks(plan: Plan, order: EpochOrder, start: int, resident, ring: P
             x, y = finish(plan, x, y)
             ready = _record(stream)
         slot.event = ready
-        yield cut(Chunk((x, y, ids[1]) if plan.series_ids else (x, y), lo, ready), plan.batch_size)
+        yield Chunk((x, y, ids[1]) if plan.series_ids else (x, y), lo, ready)
 
 
 class _on:
