@@ -444,3 +444,28 @@ def test_state_dict_resumes_the_averages(parts):
 def test_bad_online_arguments_are_named(call, error, match):
     with pytest.raises(error, match=match):
         call(nn.Linear(2, 1))
+
+
+class Mixed(nn.Module):
+    """A float32 layer, then a float64 one: the gradient buffer cannot be one flat tensor."""
+
+    def __init__(self, first_dtype):
+        super().__init__()
+        self.first = nn.Linear(4, 3).to(first_dtype)
+        self.second = nn.Linear(3, 1).double()
+
+    def forward(self, x):
+        return self.second(self.first(x.to(self.first.weight.dtype)).double())
+
+
+def test_parameters_of_two_dtypes_are_measured_as_in_float64():
+    torch.manual_seed(0)
+    mixed, wide = Mixed(torch.float32), Mixed(torch.float64)
+    wide.load_state_dict(mixed.state_dict())
+    batches = [(torch.randn(32, 4), torch.randn(32, dtype=torch.float64)) for _ in range(5)]
+    figures = []
+    for model in (mixed, wide):
+        gns = fb.GradientNoiseScale(model)
+        train_steps(model, gns, batches)
+        figures.append((gns.grad_sq, gns.trace_cov))
+    assert figures[0] == pytest.approx(figures[1], rel=1e-5)

@@ -27,9 +27,14 @@ import torch.distributed as dist
 from torch import nn
 
 from fastbatch._checks import _show, check_int
-from fastbatch.noise._twosize import squared_norm, two_sizes
+from fastbatch.noise._buffer import GradientBuffer
+from fastbatch.noise._twosize import squared_norms, two_sizes
 
 STATE_VERSION = 1
+
+# The differenced estimator measures [|g_t + g_{t-1}|², |g_t - g_{t-1}|²]; as two parts of a batch
+# of 2B, the mean of their squares is (sum + difference) / 4 and the square of their mean sum / 4.
+DIFFERENCED = ((0.25, 0.25), (0.25, 0.0))
 
 
 class GradientNoiseScale:
@@ -96,11 +101,10 @@ class GradientNoiseScale:
         self._updates = 0
         self._parts = 0  # micro-batches since the last step
         self._parts_sq: torch.Tensor | None = None  # Σ |part's gradient contribution|²
-        self._buffer: list[torch.Tensor] | None = None  # the previous step's gradient, or the running .grad
-        self._buffer_sq: torch.Tensor | None = None
-        self._buffer_is_step = False  # the buffer holds the previous step's gradient, its |·|² in _buffer_sq
-        self._differenced = None  # (small, big) from the first accumulate() of a step
-        self._last_part_sq: torch.Tensor | None = None
+        self._buffer: GradientBuffer | None = None  # the previous step's gradient, or the running .grad
+        self._buffer_is_step = False  # the buffer holds the previous step's gradient
+        self._differenced = None  # what the first accumulate() of a step measured against the previous step
+        self._cached = None  # (key, matrix, offset) of _coefficients
         self._hooks = []
         if self.world_size > 1:
             self._fired = [0] * len(self._params)
@@ -112,22 +116,19 @@ class GradientNoiseScale:
         """Record the micro-batch whose backward pass just ran (gradient accumulation)."""
         if self.world_size > 1:
             return  # the hooks see each backward pass
-        grads = self._grads()
-        buffer = self._gradient_buffer()
+        grads, buffer = self._grads(), self._gradient_buffer()
         if self._parts == 0:
-            part_sq = squared_norm([g for g in grads if g is not None])
             # If this turns out to be the step's only part, step() falls back to the
             # differenced estimator, which needs the previous step's gradient: use it now.
-            self._differenced = None
-            if self._buffer_is_step:
-                big = self._difference_sq(buffer, grads, alpha=1.0) / 4
-                self._differenced = ((part_sq + self._buffer_sq) / 2, big)
+            self._differenced = self._against_previous_step(grads, buffer)
+            buffer.copy_(grads)
+            part_sq = buffer.squared_norm()
         else:
-            part_sq = self._difference_sq(buffer, grads, alpha=-1.0)
-        self._copy(buffer, grads)  # the running .grad, and at the last part this step's gradient
+            buffer.sub_(grads)  # the running sum before this part minus after it
+            part_sq = buffer.squared_norm()
+            buffer.copy_(grads)  # the running .grad; after the last part, this step's gradient
         self._buffer_is_step = False
         self._parts_sq = part_sq if self._parts_sq is None else self._parts_sq + part_sq
-        self._last_part_sq = part_sq
         self._parts += 1
 
     def step(self, batch_size: int, *, loss_scale: float = 1.0) -> None:
@@ -219,79 +220,92 @@ class GradientNoiseScale:
 
     # -- internals ----------------------------------------------------------------------------------
 
-    def _grads(self) -> list[torch.Tensor | None]:
-        return [p.grad for p in self._params]
+    def _grads(self) -> list[torch.Tensor]:
+        grads = [p.grad for p in self._params]
+        if any(g is None for g in grads):  # a parameter this step did not reach: a zero gradient
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, grads)]
+        return grads
 
-    def _gradient_buffer(self) -> list[torch.Tensor]:
+    def _gradient_buffer(self) -> GradientBuffer:
         if self._buffer is None:
-            self._buffer = [torch.zeros_like(p) for p in self._params]
+            self._buffer = GradientBuffer(self._params)
         return self._buffer
 
-    @staticmethod
-    def _copy(buffer: list[torch.Tensor], grads: list[torch.Tensor | None]) -> None:
-        pairs = [(b, g) for b, g in zip(buffer, grads) if g is not None]
-        if pairs:
-            torch._foreach_copy_([b for b, _ in pairs], [g for _, g in pairs])
-        for b, g in zip(buffer, grads):
-            if g is None:
-                b.zero_()
+    def _against_previous_step(self, grads, buffer: GradientBuffer) -> torch.Tensor | None:
+        """``[|g + g_prev|², |g - g_prev|²]``, or None without a previous step; leaves ``buffer`` to be overwritten.
 
-    @staticmethod
-    def _difference_sq(buffer: list[torch.Tensor], grads: list[torch.Tensor | None], *, alpha: float = -1.0):
-        """``|grads + alpha·buffer|²``; overwrites ``buffer`` (the caller copies ``grads`` in next)."""
-        for b, g in zip(buffer, grads):
-            if g is None:
-                b.mul_(alpha)
-            else:
-                b.mul_(alpha).add_(g)
-        return squared_norm(buffer)
+        The sum and the difference, not ``|g|²`` and ``|g_prev|²``: ``tr(Σ)`` then
+        comes from a sum of squares instead of a difference of two large ones.
+        """
+        if not self._buffer_is_step:
+            return None
+        buffer.sub_(grads)
+        minus = buffer.squared_norm()
+        buffer.add_(grads, alpha=2.0)
+        return torch.stack([buffer.squared_norm(), minus])
 
     def _step_ranks(self, grads, batch_size: int, loss_scale: float) -> None:
         parts = max(max(self._fired), 1)  # backward passes on this rank since the last step
-        local = self._parts_sq if self._parts_sq is not None else squared_norm([])
-        local = local.to(self._device()).clone()
-        dist.all_reduce(local, group=self._group)  # sum over ranks of Σ |part's contribution|²
+        local = self._parts_sq if self._parts_sq is not None else torch.zeros((), dtype=torch.float64)
+        local = local.to(grads[0].device).clone()
+        dist.all_reduce(local, group=self._group)  # Σ over ranks and parts of |part's contribution|²
         pieces = self.world_size * parts
-        # A part's contribution is its mean gradient / parts (the accumulation convention).
-        small = local * parts**2 / pieces / loss_scale**2
-        self._update(small, squared_norm([g for g in grads if g is not None]), batch_size / parts, pieces,
-                     biased=False)
+        # A part contributes its mean gradient / parts (the accumulation convention), hence parts².
+        combine = ((parts**2 / pieces / loss_scale**2, 0.0), (0.0, 1.0))
+        self._update(torch.stack([local, self._big(grads)]), combine, batch_size / parts, pieces, biased=False)
         self._fired = [0] * len(self._params)
 
     def _step_parts(self, grads, batch_size: int, loss_scale: float) -> None:
         parts = self._parts
-        big = squared_norm([g for g in grads if g is not None])
-        small = self._parts_sq * parts / loss_scale**2  # mean over parts of |part's mean gradient|²
-        self._update(small, big, batch_size / parts, parts, biased=False)
-        self._buffer_sq, self._buffer_is_step = big, True  # the last accumulate() copied this step's .grad
+        combine = ((parts / loss_scale**2, 0.0), (0.0, 1.0))  # mean over parts of |part's mean gradient|², |.grad|²
+        self._update(torch.stack([self._parts_sq, self._big(grads)]), combine, batch_size / parts, parts,
+                     biased=False)
+        self._buffer_is_step = True
+
+    def _big(self, grads) -> torch.Tensor:
+        """``|.grad|²``, through the buffer (which then holds this step's gradient)."""
+        buffer = self._gradient_buffer()
+        buffer.copy_(grads)
+        return buffer.squared_norm()
 
     def _step_differenced(self, grads, batch_size: int) -> None:
         if self._parts == 1:  # accumulate() ran once: it did the work and holds this step's gradient
-            now_sq, differenced = self._last_part_sq, self._differenced
+            measured = self._differenced
         else:
-            now_sq, differenced = squared_norm([g for g in grads if g is not None]), None
             buffer = self._gradient_buffer()
-            if self._buffer_is_step:
-                big = self._difference_sq(buffer, grads, alpha=1.0) / 4  # |mean of the two|²
-                differenced = ((now_sq + self._buffer_sq) / 2, big)
-            self._copy(buffer, grads)
-        if differenced is not None:
-            self._update(*differenced, batch_size, 2, biased=True)
-        self._buffer_sq, self._buffer_is_step = now_sq, True
+            measured = self._against_previous_step(grads, buffer)
+            buffer.copy_(grads)
+        if measured is not None:
+            self._update(measured, DIFFERENCED, batch_size, 2, biased=True)
+        self._buffer_is_step = True
 
-    def _update(self, small, big, b: float, n: int, *, biased: bool) -> None:
+    def _update(self, measured: torch.Tensor, combine, b: float, n: int, *, biased: bool) -> None:
+        """Fold ``two_sizes(combine @ measured)`` into the averages, on the device (no host sync)."""
         if biased != self.biased:
             self._ema, self._skipped, self._updates = None, None, 0  # different estimators: start again
             self.biased = biased
-        grad_sq, trace_cov = two_sizes(small, big, b, n)
-        values = torch.stack([grad_sq, trace_cov, torch.ones_like(grad_sq)])
+        matrix, offset = self._coefficients(combine, b, n, measured.device)
+        values = torch.addmv(offset, matrix, measured)  # [|G|², tr(Σ), 1]
         if self._ema is None:
-            self._ema, self._skipped = torch.zeros_like(values), torch.zeros_like(grad_sq)
+            self._ema, self._skipped = torch.zeros_like(values), torch.zeros((), dtype=torch.float64,
+                                                                              device=values.device)
         self._ema, self._skipped = self._ema.to(values.device), self._skipped.to(values.device)
-        finite = torch.isfinite(grad_sq) & torch.isfinite(trace_cov)
-        self._ema = torch.where(finite, self.beta * self._ema + (1.0 - self.beta) * values, self._ema)
-        self._skipped = self._skipped + (~finite).to(self._skipped.dtype)
+        finite = torch.isfinite(values).all()
+        self._ema = torch.where(finite, torch.lerp(values, self._ema, self.beta), self._ema)
+        self._skipped.add_(finite.logical_not())
         self._updates += 1
+
+    def _coefficients(self, combine, b: float, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 3×k matrix taking the measured squares to ``[|G|², tr(Σ), 0]``: cached, as it rarely changes."""
+        key = (combine, b, n, device)
+        if self._cached is None or self._cached[0] != key:
+            per_small, per_big = two_sizes(1.0, 0.0, b, n), two_sizes(0.0, 1.0, b, n)  # linear: by columns
+            rows = [[per_small[r] * combine[0][j] + per_big[r] * combine[1][j] for j in range(len(combine[0]))]
+                    for r in range(2)]
+            rows.append([0.0] * len(combine[0]))
+            self._cached = (key, torch.tensor(rows, dtype=torch.float64, device=device),
+                            torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=device))
+        return self._cached[1], self._cached[2]
 
     def _averages(self) -> tuple[float | None, float | None]:
         if self._ema is None:
@@ -301,13 +315,10 @@ class GradientNoiseScale:
             return None, None
         return grad_sq / weight, trace_cov / weight
 
-    def _device(self) -> torch.device:
-        return self._params[0].device
-
     def _hook_for(self, index: int):
         def hook(grad: torch.Tensor) -> None:
             # Runs before DDP's all-reduce: grad is this rank's own gradient for this backward pass.
-            sq = torch.linalg.vector_norm(grad.detach(), dtype=torch.float64).square()
+            sq = squared_norms([grad.detach()])[0]
             self._parts_sq = sq if self._parts_sq is None else self._parts_sq + sq.to(self._parts_sq.device)
             self._fired[index] += 1
 
