@@ -61,10 +61,16 @@ def _chunk_batches(batch_bytes: int, n_batches: int, device_resident: bool) -> i
 
 @dataclass
 class _Progress:
-    """Where the latest epoch iterator is; kept by the loader so state_dict outlives the iterator."""
+    """Where the latest epoch iterator is; kept by the loader so state_dict outlives the iterator.
+
+    ``position`` counts batches handed out, ``windows`` the windows in them
+    (they differ from ``position * batch_size`` once the batch size changed
+    mid-epoch).
+    """
 
     epoch: int
     position: int
+    windows: int
 
 
 class WindowLoader:
@@ -227,8 +233,41 @@ class WindowLoader:
         return None if self._mean is None else (self._mean.copy(), self._std.copy())
 
     def __len__(self) -> int:
-        """Batches per epoch (iterations per epoch)."""
+        """Batches per epoch (iterations per epoch) at the current batch size."""
         return self.n_batches
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Change the batch size from the next batch on, mid-epoch included.
+
+        The epoch's order is unchanged and every window still comes exactly
+        once: the next batch starts at the first window not yet handed out.
+        Batches already prepared ahead are dropped and gathered again at the
+        new size.  :meth:`state_dict` records the batch size, so a resumed run
+        continues with it; ranks of a distributed run that change it at the
+        same step stay in step (their shards have the same size).
+        """
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        if batch_size == self.batch_size:
+            return
+        self._size_batches(batch_size)
+        it = self._active() if self._active is not None else None
+        if it is not None:
+            it.restart(lambda start: self._start_producer(it.epoch, start))
+
+    def _size_batches(self, batch_size: int) -> None:
+        """Batch size and what follows from it: batches per epoch, chunking, queue depth."""
+        self.batch_size = batch_size
+        n = self._shard
+        self.n_batches = n // batch_size if self.drop_last else -(-n // batch_size)
+        self.chunk_batches = _chunk_batches(batch_size * self.windows.window_nbytes, self.n_batches,
+                                            self.placement == "device")
+        self.queue_chunks = max(1, -(-self.prefetch // self.chunk_batches))
+
+    def _epoch_windows(self, start: int) -> int:
+        """Windows of the epoch delivered in all, when batches of the current size start at window ``start``."""
+        if not self.drop_last:
+            return self._shard
+        return start + (self._shard - start) // self.batch_size * self.batch_size
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch of the next iteration (it selects the shuffled order).
@@ -240,7 +279,7 @@ class WindowLoader:
         """
         epoch = check_int("epoch", epoch, minimum=0)
         if epoch != self.epoch or self._progress is not None:
-            self._resume_position = 0
+            self._resume = (0, 0)
         self.epoch = epoch
         self._progress = None
 
@@ -250,40 +289,53 @@ class WindowLoader:
         return min(self._shard, self.n_batches * self.batch_size)
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the next batch comes from: ``{"seed", "epoch", "position", "fingerprint", "format"}``.
+        """Where the next batch comes from: ``{"seed", "epoch", "position", "windows", "batch_size", ...}``.
 
         ``position`` counts the batches of ``epoch`` already handed out (by an
-        iteration in progress, or one stopped early).  The dict is small and
-        JSON-serialisable; the same for every rank.
+        iteration in progress, or one stopped early) and ``windows`` the
+        windows in them; ``batch_size`` is the current one.  The dict is small
+        and JSON-serialisable; the same for every rank.
         """
         p = self._progress
-        if p is not None and p.position < self.n_batches:
-            return make_state(self, p.epoch, p.position)
-        return make_state(self, self.epoch, self._resume_position)
+        if p is not None and p.windows < self._epoch_windows(p.windows):
+            return make_state(self, p.epoch, p.position, p.windows)
+        return make_state(self, self.epoch, *self._resume)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``: the next ``iter()`` yields exactly the remaining batches of its epoch.
 
         The loader must be built with the same windows and batching arguments
-        (``seed`` is taken from the state); a state from a different geometry
-        raises ``ValueError`` naming what differs.  Nothing is replayed: the
-        remaining window ids are computed from the position.
+        (``seed`` and the batch size are taken from the state); a state from a
+        different geometry raises ``ValueError`` naming what differs.  Nothing
+        is replayed: the remaining window ids are computed from the position.
         """
-        self.seed, self.epoch, self._resume_position = check_state(self, state)
+        self.seed, self.epoch, position, windows, batch_size = check_state(self, state)
+        if batch_size != self.batch_size:
+            self._size_batches(batch_size)
+        self._resume = (position, windows)
         self._progress = None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         previous = self._active() if self._active is not None else None
         if previous is not None:
             previous.close(superseded=True)
-        epoch, start = self.epoch, self._resume_position
-        self.epoch, self._resume_position = epoch + 1, 0
-        self._progress = _Progress(epoch, start)
-        plan = self._plan()
-        chunks = self._producer(plan, epoch, start * self.batch_size)
-        it = _EpochIterator(plan, epoch, self._progress, chunks, self.prefetch, self.queue_chunks)
+        epoch, (position, start) = self.epoch, self._resume
+        self.epoch, self._resume = epoch + 1, (0, 0)
+        self._progress = _Progress(epoch, position, start)
+        it = _EpochIterator(epoch, self._progress, self._start_producer(epoch, start))
         self._active = weakref.ref(it)
         return it
+
+    def _start_producer(self, epoch: int, start: int) -> tuple:
+        """A frozen plan, and its producer (in a thread with prefetch) from window ``start`` of ``epoch``."""
+        plan = self._plan(start)
+        chunks = self._producer(plan, epoch, start)
+        if self.prefetch == 0:
+            return plan, chunks, True
+        device = plan.device
+        # set_device in the thread the loader owns, never in the caller's.
+        on_start = (lambda: torch.cuda.set_device(device)) if device.type == "cuda" else None
+        return plan, Prefetcher(chunks, self.queue_chunks, on_start=on_start), False
 
     def __repr__(self) -> str:
         return (
@@ -294,9 +346,9 @@ class WindowLoader:
         )
 
     # -- producer side ----------------------------------------------------------
-    def _plan(self) -> Plan:
-        """The frozen configuration the next epoch's producer reads (and nothing else)."""
-        return Plan(windows=self.windows, batch_size=self.batch_size, n_samples=self.n_samples,
+    def _plan(self, start: int = 0) -> Plan:
+        """The frozen configuration the producer reads (and nothing else), for batches from window ``start``."""
+        return Plan(windows=self.windows, batch_size=self.batch_size, n_samples=self._epoch_windows(start),
                     chunk_windows=min(self.chunk_batches * self.batch_size, max(1, self._shard)),
                     order=self.order, seed=self.seed, rank=self.rank, world_size=self.world_size,
                     drop_last=self.drop_last, mean=self._mean, std=self._std, dtype=self.dtype,
@@ -417,6 +469,18 @@ def _prepare_next(plan: Plan, epoch: int, make, store: _StagingStore) -> None:
         store.put_ahead(plan.key(), epoch, order, first)
 
 
+def _close_chunks(chunks) -> None:
+    """Stop a producer (a generator, or the Prefetcher running one)."""
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        try:
+            close()
+        except ValueError:
+            # A generator running in another thread (prefetch=0, iterated
+            # from two threads): it ends itself when it sees _closed.
+            pass
+
+
 def _device_context(device: torch.device):
     """``torch.cuda.device(device)`` for a CUDA device (restores the caller's device on exit), else nothing."""
     if device.type == "cuda":
@@ -443,28 +507,29 @@ class _EpochIterator:
     the batches delivered.
     """
 
-    def __init__(self, plan: Plan, epoch: int, progress: _Progress, chunks: Iterator[Chunk], prefetch: int,
-                 depth: int) -> None:
+    def __init__(self, epoch: int, progress: _Progress, producer: tuple) -> None:
         self.epoch = epoch
         self._progress = progress
-        self._batch_size = plan.batch_size
         self._batches: Iterator = iter(())
         self._closed = False
         self._superseded = False
         self._failed: BaseException | None = None
         self._lock = threading.Lock()
+        self._use(producer)
+
+    def _use(self, producer: tuple) -> None:
+        plan, self._chunks, self._in_caller = producer
+        self._batch_size = plan.batch_size
         self._cuda = plan.device if plan.device.type == "cuda" else None
-        if prefetch == 0:
-            # The producer runs in the caller's thread: its device is set only
-            # around each step (see _next_chunk).
-            self._chunks: Any = chunks
-            self._in_caller = True
-        else:
-            device = plan.device
-            on_start = (lambda: torch.cuda.set_device(device)) if self._cuda is not None else None
-            # set_device in the thread the loader owns, never in the caller's.
-            self._chunks = Prefetcher(chunks, depth, on_start=on_start)
-            self._in_caller = False
+
+    def restart(self, make_producer) -> None:
+        """Drop what was prepared and go on from the next window not handed out (``set_batch_size``)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._batches = iter(())
+            _close_chunks(self._chunks)
+            self._use(make_producer(self._progress.windows))
 
     @property
     def position(self) -> int:
@@ -495,6 +560,7 @@ class _EpochIterator:
                     self.close(superseded=self._superseded)
                     raise
             self._progress.position += 1
+            self._progress.windows += int(batch[0].shape[0])
             return batch
 
     def _next_chunk(self):
@@ -540,14 +606,7 @@ class _EpochIterator:
         self._closed = True
         self._batches = iter(())
         chunks, self._chunks = self._chunks, iter(())
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            try:
-                close()
-            except ValueError:
-                # A generator running in another thread (prefetch=0, iterated
-                # from two threads): it ends itself when it sees _closed.
-                pass
+        _close_chunks(chunks)
 
     def __del__(self) -> None:
         try:

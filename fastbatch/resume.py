@@ -14,7 +14,10 @@ from typing import Any
 
 from fastbatch._checks import _show, check_int, check_seed
 
-FORMAT = "fastbatch.WindowLoader/1"
+FORMAT = "fastbatch.WindowLoader/2"
+# Format 1 had no "windows" or "batch_size": its position was in batches of
+# the fingerprint's batch size, which could not change.
+_FORMAT_1 = "fastbatch.WindowLoader/1"
 
 
 def fingerprint(loader) -> dict[str, Any]:
@@ -36,25 +39,26 @@ def fingerprint(loader) -> dict[str, Any]:
         "n_series": w.n_series,
         # A checksum, not the lengths: the state stays small for millions of series.
         "series_lengths_crc32": zlib.crc32(w.series_lengths.astype("<i8").tobytes()),
-        "batch_size": loader.batch_size,
         "drop_last": loader.drop_last,
         "order": spec.kind if spec.kind != "block" else f"block({spec.block_windows},{spec.pool_blocks})",
         "world_size": loader.world_size,
     }
 
 
-def make_state(loader, epoch: int, position: int) -> dict[str, Any]:
-    return {"format": FORMAT, "seed": loader.seed, "epoch": epoch, "position": position,
-            "fingerprint": fingerprint(loader)}
+def make_state(loader, epoch: int, position: int, windows: int) -> dict[str, Any]:
+    return {"format": FORMAT, "seed": loader.seed, "epoch": epoch, "position": position, "windows": windows,
+            "batch_size": loader.batch_size, "fingerprint": fingerprint(loader)}
 
 
-def check_state(loader, state: Any) -> tuple[int, int, int]:
-    """``(seed, epoch, position)`` of ``state``, or a ValueError saying why it does not fit ``loader``."""
+def check_state(loader, state: Any) -> tuple[int, int, int, int, int]:
+    """``(seed, epoch, position, windows, batch_size)`` of ``state``, or a ValueError saying why it does not fit."""
+    if isinstance(state, dict) and state.get("format") == _FORMAT_1:
+        state = _from_format_1(state)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(
             f"state is not a WindowLoader state (expected a dict with format={FORMAT!r}), got {_show(state)}"
         )
-    missing = [k for k in ("seed", "epoch", "position", "fingerprint") if k not in state]
+    missing = [k for k in ("seed", "epoch", "position", "windows", "batch_size", "fingerprint") if k not in state]
     if missing:
         raise ValueError(f"WindowLoader state lacks {missing}, got state={_show(state)}")
     saved, here = state["fingerprint"], fingerprint(loader)
@@ -69,5 +73,20 @@ def check_state(loader, state: Any) -> tuple[int, int, int]:
         )
     seed = check_seed(state["seed"])
     epoch = check_int("epoch", state["epoch"], minimum=0)
-    position = check_int("position", state["position"], minimum=0, maximum=loader.n_batches)
-    return seed, epoch, position
+    batch_size = check_int("batch_size", state["batch_size"], minimum=1)
+    windows = check_int("windows", state["windows"], minimum=0, maximum=loader._shard)
+    position = check_int("position", state["position"], minimum=0, maximum=windows)
+    return seed, epoch, position, windows, batch_size
+
+
+def _from_format_1(state: dict) -> dict:
+    """A state saved before the batch size could change: its position was in batches of a fixed size."""
+    saved = state.get("fingerprint")
+    if not isinstance(saved, dict) or not isinstance(state.get("position"), int):
+        return state
+    saved = dict(saved)
+    batch_size = saved.pop("batch_size", None)
+    if not isinstance(batch_size, int):
+        return state
+    return {**state, "format": FORMAT, "batch_size": batch_size, "fingerprint": saved,
+            "windows": state["position"] * batch_size}

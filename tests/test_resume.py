@@ -87,7 +87,7 @@ def test_resume_is_computed_not_replayed(monkeypatch):
     # Resuming at the last batch gathers only that batch's windows, never those before it.
     w = fb.SlidingWindows(np.arange(1_000_000, dtype=np.float32), window=4)
     loader = fb.WindowLoader(w, batch_size=1000, order="feistel", seed=0, prefetch=0)
-    state = dict(loader.state_dict(), position=len(loader) - 1)
+    state = dict(loader.state_dict(), position=len(loader) - 1, windows=(len(loader) - 1) * 1000)
     gathered = []
     original = fb.SlidingWindows.gather
 
@@ -106,10 +106,10 @@ def test_set_epoch_keeps_a_loaded_position_of_the_same_epoch_only():
     w = windows_1d()
     full = as_numpy(fb.WindowLoader(w, batch_size=16, shuffle=True, seed=9))
     loader = fb.WindowLoader(w, batch_size=16, shuffle=True, seed=9)
-    loader.load_state_dict(dict(loader.state_dict(), position=5))
+    loader.load_state_dict(dict(loader.state_dict(), position=5, windows=80))
     loader.set_epoch(0)  # a training loop's usual call: the resumed position stays
     assert_same_batches(as_numpy(loader), full[5:], "set_epoch(same) after load")
-    loader.load_state_dict(dict(loader.state_dict(), epoch=0, position=5))
+    loader.load_state_dict(dict(loader.state_dict(), epoch=0, position=5, windows=80))
     loader.set_epoch(1)
     assert loader.state_dict()["position"] == 0
 
@@ -130,7 +130,6 @@ def test_seed_comes_from_the_state():
         (dict(windows=dict(window=6)), "window"),
         (dict(windows=dict(stride=2)), "stride"),
         (dict(windows=dict(n_steps=300)), "n_windows"),
-        (dict(loader=dict(batch_size=8)), "batch_size"),
         (dict(loader=dict(drop_last=True)), "drop_last"),
         (dict(loader=dict(order="block")), "order"),
         (dict(loader=dict(rank=0, world_size=2)), "world_size"),
@@ -174,5 +173,32 @@ def test_malformed_states_are_refused(state, error, match):
 
 def test_a_position_past_the_epoch_is_refused():
     loader = fb.WindowLoader(windows_1d(), batch_size=16)
-    with pytest.raises(ValueError, match=rf"position must be an integer <= {len(loader)}"):
-        loader.load_state_dict(dict(loader.state_dict(), position=len(loader) + 1))
+    with pytest.raises(ValueError, match=rf"windows must be an integer <= {loader.n_samples}"):
+        loader.load_state_dict(dict(loader.state_dict(), windows=loader.n_samples + 1))
+    with pytest.raises(ValueError, match=r"position must be an integer <= 32"):  # more batches than windows
+        loader.load_state_dict(dict(loader.state_dict(), position=33, windows=32))
+
+
+def test_a_state_with_another_batch_size_sets_the_batch_size():
+    """The batch size is run state (set_batch_size changes it): a loader built with another adopts the saved one."""
+    w = fb.SlidingWindows(series(300, None, np.float32), window=5)
+    saver = fb.WindowLoader(w, batch_size=16, shuffle=True, seed=1)
+    take(saver, 3)
+    resumed = fb.WindowLoader(w, batch_size=64, shuffle=True, seed=1)
+    resumed.load_state_dict(saver.state_dict())
+    assert resumed.batch_size == 16 and len(resumed) == len(saver)
+    full = as_numpy(fb.WindowLoader(w, batch_size=16, shuffle=True, seed=1))
+    assert_same_batches(as_numpy(resumed), full[3:], "resumed with the saved batch size")
+
+
+def test_a_state_saved_in_the_first_format_still_resumes():
+    """Format 1 counted batches of the fingerprint's batch size; such checkpoints keep working."""
+    w = fb.SlidingWindows(series(300, None, np.float32), window=5)
+    loader = fb.WindowLoader(w, batch_size=16, shuffle=True, seed=1)
+    state = loader.state_dict()
+    old = {"format": "fastbatch.WindowLoader/1", "seed": state["seed"], "epoch": 0, "position": 5,
+           "fingerprint": {**state["fingerprint"], "batch_size": 16}}
+    resumed = fb.WindowLoader(w, batch_size=16, shuffle=True, seed=1)
+    resumed.load_state_dict(old)
+    full = as_numpy(fb.WindowLoader(w, batch_size=16, shuffle=True, seed=1))
+    assert_same_batches(as_numpy(resumed), full[5:], "resumed from a format-1 state")
