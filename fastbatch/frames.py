@@ -431,6 +431,12 @@ def _dense(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unique, inverse.astype(np.int64)
 
 
+class _NoSeriesLeft(ValueError):
+    def __init__(self, message: str, n_series: int) -> None:
+        super().__init__(message)
+        self.n_series = n_series
+
+
 class _Layout:
     """Where each source row goes: the sort (only if needed), the checks, inserted steps, left-out series."""
 
@@ -475,8 +481,9 @@ class _Layout:
         span = o.window + o.horizon
         self.keep = lengths >= span
         if not self.keep.any():
-            raise ValueError(f"every series is shorter than window + horizon = {span} steps (the longest has "
-                             f"{int(lengths.max())}); none is left")
+            raise _NoSeriesLeft(
+                f"every series is shorter than window + horizon = {span} steps (the longest has "
+                f"{int(lengths.max())}); none is left", n_series=int(lengths.shape[0]))
         self.skipped = int((~self.keep).sum())
         self.lengths = lengths[self.keep].astype(np.int64)
         self.has_gaps = bool(gaps.any())
@@ -686,3 +693,310 @@ def _step_ticks(step: Any, axis: PanelTime) -> int:
 def _plain(value: Any) -> Any:
     """numpy scalars as Python values, for messages."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+# -- files: Parquet and Arrow IPC, with an out-of-core cache ---------------------------
+
+_IPC_SUFFIXES = (".arrow", ".feather", ".ipc")
+_PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+# What the cache key reads of each file: its tail holds the footer metadata of
+# both formats (Parquet's FileMetaData, Arrow IPC's footer), which changes with
+# any rewrite; size and mtime catch the rest.
+_TAIL_BYTES = 64 * 1024
+_CACHE_VERSION = 1
+# Parquet and IPC files are read whole when their arrays would take less than
+# this share of the memory available now; larger ones go through the cache.
+_IN_MEMORY_SHARE = 0.25
+
+
+def from_parquet(path: Any, *, cache: bool | str = "auto", cache_dir: Any = None, batch_rows: int = 1_000_000,
+                 **options: Any) -> Panel:
+    """A Parquet file or dataset (or an Arrow IPC/Feather file) as a :class:`~fastbatch.panel.Panel`.
+
+    Parameters
+    ----------
+    path:
+        A ``.parquet`` file, a folder of them (read in sorted path order, all
+        sub-folders included), or an Arrow IPC/Feather file (``.arrow``,
+        ``.feather``, ``.ipc``), which is memory-mapped (``pyarrow.memory_map``).
+    cache:
+        ``"auto"`` (default): data whose arrays would take more than a quarter
+        of the memory available now is converted once into memory-mapped
+        ``.npy`` files and read from them; smaller data is read into memory.
+        ``True``/``False``: always/never use the cache.
+    cache_dir:
+        Where the cache goes; default: a ``.fastbatch-cache`` folder beside
+        the data.  Each conversion is a sub-folder named by a SHA-256 of the
+        files' names, sizes, modification times and last 64 KiB (the footer
+        metadata of both formats) and of the options that shape the arrays
+        (id, time, the columns, fill, step, window and horizon); a later call
+        with the same files and options maps it again without reading the
+        data.  Written to a temporary folder and renamed, so a crash leaves no
+        half cache.
+    batch_rows:
+        Rows read at a time during the conversion (row group by row group):
+        memory stays near ``batch_rows`` rows plus the longest series.
+    **options:
+        Those of :func:`from_frame`.
+
+    Notes
+    -----
+    The conversion reads the data series by series, so in the files each
+    series' rows must be together (sorted by id, or at least grouped; within a
+    series any order).  Series keep the order in which they come (ids sorted
+    within each block read).  One series without ``id`` is read whole.
+    """
+    import pyarrow as pa
+
+    o = make_options(**options)
+    files, ipc = _data_files(path)
+    columns = [*(() if o.id is None else _names(o.id, "id")), o.time, *o.target, *o.past, *o.future, *o.static]
+    n_rows = _count_rows(files, ipc)
+    if cache == "auto":
+        import psutil
+
+        estimate = n_rows * 8 * (len(columns) + 2)
+        cache = estimate > _IN_MEMORY_SHARE * psutil.virtual_memory().available
+    if not cache:
+        table = _read_ipc(files[0]).read_all() if ipc else pa.concat_tables(
+            [_parquet(f).read(columns=_present(f, columns, ipc)) for f in files])
+        return build(_ArrowColumns(table), o)
+    root = Path(files[0]).parent if Path(path).is_file() else Path(path)
+    folder = Path(cache_dir) if cache_dir is not None else root / ".fastbatch-cache"
+    target = folder / _cache_key(files, root, o)
+    if not (target / "meta.json").exists():
+        schema = _read_ipc(files[0]).schema if ipc else _parquet(files[0]).schema_arrow
+        _convert(_batches(files, ipc, columns, batch_rows), schema, o, target)
+    return _load_cache(target, o)
+
+
+def _data_files(path: Any) -> tuple[list[Path], bool]:
+    p = Path(os.fspath(path))
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix in _PARQUET_SUFFIXES and ".fastbatch-cache" not in f.parts)
+        if not files:
+            raise ValueError(f"path={str(p)!r} is a folder without .parquet files")
+        return files, False
+    if not p.exists():
+        raise FileNotFoundError(f"path={str(p)!r} does not exist")
+    return [p], p.suffix in _IPC_SUFFIXES
+
+
+def _parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path)
+
+
+def _read_ipc(path: Path):
+    import pyarrow as pa
+
+    source = pa.memory_map(str(path), "r")
+    try:
+        return pa.ipc.open_file(source)
+    except pa.ArrowInvalid:  # the streaming format has no footer
+        return pa.ipc.open_stream(pa.memory_map(str(path), "r"))
+
+
+def _count_rows(files: list[Path], ipc: bool) -> int:
+    if ipc:
+        reader = _read_ipc(files[0])
+        if hasattr(reader, "num_record_batches"):  # reads only batch headers: the data stays mapped
+            return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+        return 0  # the streaming format: unknown without reading it
+    return sum(_parquet(f).metadata.num_rows for f in files)
+
+
+def _present(path: Path, columns: list[str], ipc: bool) -> list[str]:
+    """``columns``, after checking the file has them (the message lists what it has)."""
+    names = _read_ipc(path).schema.names if ipc else _parquet(path).schema_arrow.names
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise ValueError(f"columns {missing} are missing from {str(path)!r}; it has {names}")
+    return columns
+
+
+def _batches(files: list[Path], ipc: bool, columns: list[str], batch_rows: int) -> Iterator[Any]:
+    """Record batches of the needed columns, file by file, row group by row group."""
+    for f in files:
+        _present(f, columns, ipc)
+        if ipc:
+            reader = _read_ipc(f)
+            if hasattr(reader, "num_record_batches"):  # the file format: batches read from the mapping
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            else:
+                batches = iter(reader)
+            for batch in batches:
+                yield batch.select(columns)
+        else:
+            yield from _parquet(f).iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def _cache_key(files: list[Path], root: Path, o: PanelOptions) -> str:
+    h = hashlib.sha256()
+    shape = {k: getattr(o, k) for k in ("id", "time", "target", "past", "future", "static", "fill", "window",
+                                        "horizon")}
+    shape["step"] = None if o.step is None else str(o.step)
+    h.update(json.dumps([_CACHE_VERSION, shape], sort_keys=True, default=str).encode())
+    for f in files:
+        stat = f.stat()
+        name = f.relative_to(root) if f.is_relative_to(root) else f.name
+        h.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
+        with open(f, "rb") as fh:
+            fh.seek(max(0, stat.st_size - _TAIL_BYTES))
+            h.update(fh.read())
+    return h.hexdigest()[:32]
+
+
+def _series_blocks(batches: Iterator[Any], id: Any) -> Iterator[Any]:
+    """Tables of whole series: each batch up to its last series boundary; the rest waits for the next."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    carry, seen = None, set()
+    names = () if id is None else _names(id, "id")
+    for batch in batches:
+        table = pa.Table.from_batches([batch])
+        if carry is not None:
+            table = pa.concat_tables([carry, table])
+        if table.num_rows == 0:
+            continue
+        last = table.num_rows - 1
+        same = np.ones(table.num_rows, bool)
+        for name in names:
+            col = table.column(name)
+            same &= pc.fill_null(pc.equal(col, col[last]), False).to_numpy(zero_copy_only=False)
+        cut = 0 if same.all() else int(np.flatnonzero(~same).max()) + 1
+        if cut == 0:
+            carry = table
+            continue
+        carry = table.slice(cut)
+        yield _check_new_series(table.slice(0, cut), names, seen)
+    if carry is not None and carry.num_rows:
+        yield _check_new_series(carry, names, seen)
+
+
+def _check_new_series(block: Any, names: Sequence[str], seen: set) -> Any:
+    """``block``, after checking none of its series came in an earlier block (the data is grouped by id)."""
+    if not names:
+        return block
+    keys = block.group_by(list(names)).aggregate([]).to_pylist()
+    ids = [tuple(k[n] for n in names) if len(names) > 1 else k[names[0]] for k in keys]
+    again = [i for i in ids if i in seen]
+    if again:
+        raise ValueError(f"series {again[0]!r} appears in two separate places of the data: the out-of-core "
+                         "conversion reads series by series, so sort the data by id (and time) or pass "
+                         "cache=False to read it into memory")
+    seen.update(ids)
+    return block
+
+
+class _NpyAppender:
+    """A ``.npy`` file written block by block: the header, sized for any shape, is rewritten at the end."""
+
+    _HEADER = 256
+
+    def __init__(self, path: Path, dtype: np.dtype, width: int) -> None:
+        self.path, self.dtype, self.width, self.rows = path, dtype, width, 0
+        self.file = open(path, "wb")
+        self.file.write(b"\0" * self._HEADER)
+
+    def append(self, block: np.ndarray) -> None:
+        self.file.write(np.ascontiguousarray(block, dtype=self.dtype).tobytes())
+        self.rows += block.shape[0]
+
+    def close(self) -> None:
+        import struct
+
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (self.rows, self.width)}
+        text = repr(header).ljust(self._HEADER - 10 - 1) + "\n"
+        self.file.seek(0)
+        self.file.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1"))
+        self.file.close()
+
+
+def _schema_dtype(schema: Any, names: Sequence[str], needs_nan: bool) -> np.dtype:
+    """The dtype every block of these columns is stored in, decided from the schema before any block is read.
+
+    Blocks of one file can differ (ints with nulls come as float64, NaN
+    inserted for fill='nan'), so the file's dtype is the widest they can take.
+    """
+    import pyarrow as pa
+
+    dtypes = []
+    for name in names:
+        t = schema.field(name).type
+        t = t.index_type if pa.types.is_dictionary(t) else t
+        if pa.types.is_boolean(t):
+            dtypes.append(np.dtype(np.uint8))
+        elif pa.types.is_integer(t) or pa.types.is_floating(t):
+            dtypes.append(np.dtype(t.to_pandas_dtype()))
+        else:  # build() refuses it with a message naming the column, series and value
+            dtypes.append(np.dtype(np.float64))
+    return _common_dtype([np.empty(0, d) for d in dtypes], needs_nan)
+
+
+def _convert(batches: Iterator[Any], schema: Any, o: PanelOptions, target: Path) -> None:
+    """Write the panel of ``batches`` into ``target`` (via a temporary folder), block of series by block."""
+    import shutil
+    import uuid
+
+    temp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    temp.mkdir(parents=True)
+    try:
+        nan = o.fill != "raise"
+        files = {name: _NpyAppender(temp / f"{name}.npy", _schema_dtype(schema, cols, nan and name != "static"),
+                                    len(cols))
+                 for name, cols in (("values", o.target + o.past), ("future", o.future), ("static", o.static))}
+        lengths, starts, steps, ids = [], [], [], []
+        skipped, unit, tz = 0, None, None
+        for block in _series_blocks(batches, o.id):
+            try:
+                part = build(_ArrowColumns(block), o)
+            except _NoSeriesLeft as error:
+                skipped += error.n_series
+                continue
+            for name in files:
+                files[name].append(getattr(part, name))
+            lengths.append(part.lengths)
+            starts.append(part.time.start)
+            steps.append(part.time.step)
+            ids.extend(part.series_ids.tolist())
+            skipped += part.skipped
+            unit, tz = part.time.unit, part.time.tz
+        for f in files.values():
+            f.close()
+        if not lengths:
+            raise ValueError(f"every series is shorter than window + horizon = {o.window + o.horizon} steps; "
+                             "none is left")
+        np.save(temp / "lengths.npy", np.concatenate(lengths))
+        np.save(temp / "start.npy", np.concatenate(starts))
+        np.save(temp / "step.npy", np.concatenate(steps))
+        with open(temp / "ids.pkl", "wb") as fh:
+            pickle.dump(_id_array(ids), fh)
+        (temp / "meta.json").write_text(json.dumps({"version": _CACHE_VERSION, "unit": unit, "tz": tz,
+                                                    "skipped": skipped}))
+        try:
+            os.rename(temp, target)
+        except OSError:  # another process finished the same conversion first: use theirs
+            shutil.rmtree(temp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
+def _load_cache(folder: Path, o: PanelOptions) -> Panel:
+    meta = json.loads((folder / "meta.json").read_text())
+    with open(folder / "ids.pkl", "rb") as fh:
+        ids = pickle.load(fh)  # written by _convert above, never user input
+
+    def mapped(name: str) -> np.ndarray:
+        # An empty file cannot be mapped; nothing to map anyway.
+        array = np.load(folder / f"{name}.npy", mmap_mode="r") if (folder / f"{name}.npy").stat().st_size > 256 \
+            else np.load(folder / f"{name}.npy")
+        return array
+
+    time = PanelTime(np.load(folder / "start.npy"), np.load(folder / "step.npy"), meta["unit"], meta["tz"])
+    return Panel(mapped("values"), mapped("future"), mapped("static"), np.load(folder / "lengths.npy"), ids, time,
+                 o, meta["skipped"])

@@ -236,3 +236,122 @@ def test_categorical_static_gives_codes_and_step_option():
         from_frame(frame(t=stamps), **OPTIONS, step="1h")
     panel = from_frame(frame(t=stamps), **OPTIONS, step="1h", fill="nan")
     assert panel.lengths.tolist() == [11, 11] and np.isnan(panel.values[1, 0])
+
+
+# -- files: Parquet, Arrow IPC and the out-of-core cache ---------------------------------
+
+
+def gappy_frame(n_series=12, length=300, seed=0):
+    """Int and float columns, a few missing steps, series of several lengths, sorted by id."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for k in range(n_series):
+        t = np.arange(length - 7 * k)
+        t = t[(rng.random(t.size) > 0.05) | (t == 0) | (t == t[-1])]
+        parts.append(pd.DataFrame({"id": f"s{k:02d}", "t": t, "y": rng.normal(size=t.size),
+                                   "p": rng.integers(0, 9, t.size), "f": rng.normal(size=t.size).astype(np.float32),
+                                   "st": k % 4}))
+    return pd.concat(parts, ignore_index=True)
+
+
+FILE_OPTIONS = dict(id="id", time="t", target="y", past="p", future="f", static="st", window=16, horizon=4,
+                    fill="nan")
+
+
+def assert_same_panel(got, want):
+    for name in ("values", "future", "static", "lengths"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    assert got.series_ids.tolist() == want.series_ids.tolist()
+    np.testing.assert_array_equal(got.time.start, want.time.start)
+    assert got.skipped == want.skipped
+
+
+def write_parquet(df, path, row_group_size=500):
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, row_group_size=row_group_size)
+
+
+def test_parquet_cache_equals_the_frame_and_is_reused(tmp_path, monkeypatch):
+    from fastbatch import frames
+
+    df = gappy_frame()
+    write_parquet(df, tmp_path / "data.parquet")
+    want = from_frame(df, **FILE_OPTIONS)
+    assert want.values.dtype == np.float64  # ints with NaN inserted: every block is stored alike
+    in_memory = frames.from_parquet(tmp_path / "data.parquet", cache=False, **FILE_OPTIONS)
+    assert_same_panel(in_memory, want)
+    cached = frames.from_parquet(tmp_path / "data.parquet", cache=True, batch_rows=256, **FILE_OPTIONS)
+    assert isinstance(cached.values, np.memmap) and not cached.values.flags.writeable
+    assert_same_panel(cached, want)
+    # The second run maps the cache without converting again.
+    monkeypatch.setattr(frames, "_convert", lambda *a, **k: pytest.fail("converted again"))
+    assert_same_panel(frames.from_parquet(tmp_path / "data.parquet", cache=True, **FILE_OPTIONS), want)
+    # Other options that shape the arrays, or a rewritten file, give a new conversion.
+    with pytest.raises(pytest.fail.Exception, match="converted again"):
+        frames.from_parquet(tmp_path / "data.parquet", cache=True, **{**FILE_OPTIONS, "fill": "ffill"})
+    write_parquet(df.assign(y=df.y + 1), tmp_path / "data.parquet")
+    with pytest.raises(pytest.fail.Exception, match="converted again"):
+        frames.from_parquet(tmp_path / "data.parquet", cache=True, **FILE_OPTIONS)
+
+
+def test_parquet_folder_with_cache_dir(tmp_path):
+    from fastbatch.frames import from_parquet
+
+    df = gappy_frame()
+    (tmp_path / "data").mkdir()
+    ids = sorted(df.id.unique())
+    write_parquet(df[df.id.isin(ids[:5])], tmp_path / "data" / "part-0.parquet")
+    write_parquet(df[df.id.isin(ids[5:])], tmp_path / "data" / "part-1.parquet")
+    want = from_frame(df, **FILE_OPTIONS)
+    assert_same_panel(from_parquet(tmp_path / "data", cache=False, **FILE_OPTIONS), want)
+    got = from_parquet(tmp_path / "data", cache=True, cache_dir=tmp_path / "cache", batch_rows=300, **FILE_OPTIONS)
+    assert_same_panel(got, want)
+    assert len(list((tmp_path / "cache").iterdir())) == 1 and not (tmp_path / "data" / ".fastbatch-cache").exists()
+
+
+def test_arrow_ipc_is_memory_mapped(tmp_path):
+    import pyarrow.feather as feather
+
+    from fastbatch.frames import from_parquet
+
+    # Sorted, complete and long enough: the target column is used as it lies in the file.
+    df = pd.DataFrame({"id": np.repeat([3, 5, 8], 50), "t": np.tile(np.arange(50), 3), "y": np.arange(150.0)})
+    feather.write_feather(pa.Table.from_pandas(df, preserve_index=False), tmp_path / "data.arrow",
+                          compression="uncompressed")
+    options = dict(id="id", time="t", target="y", window=8, horizon=2)
+    want = from_frame(df, **options)
+    got = from_parquet(tmp_path / "data.arrow", cache=False, **options)
+    assert_same_panel(got, want)
+    assert not got.values.flags.writeable  # a view of the mapped file, not a copy
+    assert_same_panel(from_parquet(tmp_path / "data.arrow", cache=True, batch_rows=100, **options), want)
+
+
+def test_cache_refuses_series_split_across_the_files(tmp_path):
+    from fastbatch.frames import from_parquet
+
+    df = gappy_frame(n_series=3, length=40)
+    write_parquet(pd.concat([df[df.t < 20], df[df.t >= 20]]), tmp_path / "data.parquet")
+    with pytest.raises(ValueError, match="series 's00' appears in two separate places"):
+        from_parquet(tmp_path / "data.parquet", cache=True, batch_rows=10, **FILE_OPTIONS)
+    assert not any((tmp_path / ".fastbatch-cache").iterdir())  # no half cache left behind
+    with pytest.raises(ValueError, match=r"columns \['nope'\] are missing from"):
+        from_parquet(tmp_path / "data.parquet", cache=False, **{**FILE_OPTIONS, "past": "nope"})
+
+
+def test_conversion_memory_stays_near_one_block(tmp_path):
+    """numpy's allocations during the conversion stay near batch_rows rows, not the data's size."""
+    import tracemalloc
+
+    from fastbatch.frames import from_parquet
+
+    df = gappy_frame(n_series=80, length=5000)
+    write_parquet(df, tmp_path / "data.parquet", row_group_size=4000)
+    data_bytes = len(df) * 8 * 4
+    tracemalloc.start()
+    try:
+        from_parquet(tmp_path / "data.parquet", cache=True, batch_rows=4000, **FILE_OPTIONS)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < data_bytes / 5, f"peak {peak} bytes for {data_bytes} bytes of data"
