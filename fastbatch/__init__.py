@@ -1,5 +1,6 @@
 """fastbatch: sliding-window batches for time-series training, gathered by Numba kernels."""
 
+from fastbatch.adapt import AdaptiveBatchSize
 from fastbatch.compat import collate
 from fastbatch.loader import WindowLoader
 from fastbatch.noise import GradientNoiseScale, measure_noise_scale
@@ -9,6 +10,7 @@ from fastbatch.windows import SlidingWindows
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveBatchSize",
     "BlockShuffle",
     "GradientNoiseScale",
     "SlidingWindows",
