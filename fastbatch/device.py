@@ -116,14 +116,10 @@ class DeviceWindows:
         self.device = device
         self.out_dtype = out_dtype
         w = windows
-        arrays = w._arrays if w._arrays is not None else [w.data]
-        self.data = upload_rows(arrays, device)
-        self.stride = w._kernel_stride
+        self.data = upload_rows(w.layout.arrays(), device)
+        self.stride = w.geometry.stride
         if w.many_series:
-            lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64) if w._arrays is not None \
-                else w.series_lengths
-            row_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-            self.row_starts = torch.as_tensor(row_starts, device=device)
+            self.row_starts = torch.as_tensor(w.layout.row_starts.astype(np.int64), device=device)
             self.offsets = torch.as_tensor(w.series_offsets[:-1].astype(np.int64), device=device)
         self.x_offsets = torch.arange(w.window, device=device) * w.dilation
         self.y_offsets = torch.arange(w.horizon, device=device) + (w.window - 1) * w.dilation + 1

@@ -4,27 +4,21 @@ Window ``i`` starts at ``s = i * stride``; its input is
 ``data[s, s + dilation, ..., s + (window - 1) * dilation]`` and its target the
 ``horizon`` steps right after the last input step.  Nothing here copies the
 data: the object holds the array (a view of it) and a handful of integers.
+How the rows are stored (one array, series laid end to end, a list of
+series) is a layout of :mod:`fastbatch.layouts`, which runs the kernels.
 """
 
 from __future__ import annotations
 
-import mmap
-import os
 from typing import Any, Sequence
 
 import numpy as np
 
 from fastbatch._checks import _show, check_bool, check_int
-from fastbatch.series import SeriesRows, check_lengths, series_of, typed_series_list, window_counts, window_offsets
+from fastbatch.layouts import _BITS_ONLY, EndToEnd, Geometry, OneArray, SeriesList
+from fastbatch.series import series_of
 
-# Numba compiles no arithmetic for these, but a same-dtype copy only moves
-# bits, so data of these dtypes is gathered through an unsigned view.
-_BITS_ONLY = {np.dtype(np.float16): np.uint16}
 _KINDS = "iuf"
-# find_nan reads floats as unsigned bits: (mask of all but the sign, the bits
-# of +inf); a value is NaN when ``bits & mask > inf``.
-_NAN_BITS = {2: (0x7FFF, 0x7C00), 4: (0x7FFF_FFFF, 0x7F80_0000),
-             8: (0x7FFF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000)}
 
 
 def _as_numpy(data: Any) -> np.ndarray:
@@ -201,40 +195,38 @@ class SlidingWindows:
         self.dilation = check_int("dilation", dilation, minimum=1)
         self.return_series_id = check_bool("return_series_id", return_series_id)
         self.span = (self.window - 1) * self.dilation + 1 + self.horizon
-        # Many series: per-series window offsets (None for one series), the
-        # row where each series starts in `data`, and the arrays of a list.
-        self._offsets: np.ndarray | None = None
-        self._row_starts: np.ndarray | None = None
-        self._arrays: list[np.ndarray] | None = None
-        self._typed_arrays = None
         if isinstance(data, (list, tuple)):
             if lengths is not None:
                 raise ValueError(
                     f"lengths= splits one array of series laid end to end; a list of series has its own lengths, "
                     f"got lengths={_show(lengths)} with a list of {len(data)} series"
                 )
-            array = self._init_series_list(data)
+            rows = self._checked_series_list(data)
+            first = rows[0]
         else:
-            array = _checked_array(data, "data")
-            if array.size == 0:
-                raise ValueError(f"data must not be empty, got shape {array.shape}")
-            self.univariate = array.ndim == 1
-            self.data = array[:, None] if self.univariate else array
-        self.dtype = _resolve_dtype("dtype", dtype, array.dtype)
-        self.target_columns = _resolve_targets(target_columns, self.n_features, self.univariate)
-        self._init_counts(lengths)
-        # A stride past the end allows window 0 only; clamping it keeps the
-        # kernels' index arithmetic in int64 for any integer the user gives.
-        self._kernel_stride = min(self.stride, self.data.shape[0])
-        self._source = _file_identity(self.data) if self._arrays is None else None
-        # Windows that are contiguous runs of the flat data take gather_runs.
-        self._runs = (
-            self._offsets is None
-            and isinstance(self.data, np.ndarray)
-            and self.data.flags.c_contiguous
-            and self.dilation == 1
-            and np.array_equal(self.target_columns, np.arange(self.n_features))
-        )
+            first = _checked_array(data, "data")
+            if first.size == 0:
+                raise ValueError(f"data must not be empty, got shape {first.shape}")
+            self.univariate = first.ndim == 1
+            rows = first[:, None] if self.univariate else first
+        n_steps = sum(a.shape[0] for a in rows) if isinstance(rows, list) else rows.shape[0]
+        n_features = 1 if self.univariate else first.shape[1]
+        self.dtype = _resolve_dtype("dtype", dtype, first.dtype)
+        self.target_columns = _resolve_targets(target_columns, n_features, self.univariate)
+        self.geometry = Geometry(min(self.stride, n_steps), self.dilation, self.window, self.horizon,
+                                 self.target_columns)
+        if isinstance(rows, list):
+            self.layout = SeriesList(rows, self.geometry)
+        elif lengths is not None:
+            self.layout = EndToEnd(rows, lengths, self.geometry)
+        else:
+            self.layout = OneArray(rows, self.geometry)
+        self._len = self.layout.n_windows
+
+    @property
+    def data(self) -> Any:
+        """The ``(N, F)`` rows the windows read: the array (a view), or a list's series end to end (``SeriesRows``)."""
+        return self.layout.data
 
     def _checked_ids(self, ids: Any, *, allow_negative: bool = False) -> np.ndarray:
         """``ids`` as a signed integer array of valid window indices: the kernels read without bounds checks.
@@ -285,55 +277,10 @@ class SlidingWindows:
         file replaced by a rename keeps the old contents mapped and is not an
         error.  A truncation between this check and the read still ends in SIGBUS.
         """
-        for array in (self.data,) if self._arrays is None else self._arrays:
-            mapped = _memmap_of(array)
-            if mapped is None:
-                continue
-            mapping = mapped._mmap
-            needed = mapped.offset - mapped.offset % mmap.ALLOCATIONGRANULARITY + len(mapping)
-            try:
-                size = mapping.size()  # fstat of the descriptor the mapping keeps
-            except (OSError, ValueError):
-                continue  # a mapping without its descriptor: nothing to ask
-            if size < needed:
-                raise RuntimeError(
-                    f"the memory-mapped file {os.fspath(mapped.filename)!r} under these windows shrank from "
-                    f"{needed} to {size} bytes while they were in use; replace data files by writing a new file "
-                    "and renaming it"
-                )
+        self.layout.check_source()
 
-    def _init_counts(self, lengths: Any) -> None:
-        """Series lengths, row starts and window offsets of the series; the number of windows."""
-        n_steps = self.data.shape[0]
-        if lengths is not None:
-            series_lengths = check_lengths(lengths, n_steps)
-            self._row_starts = np.concatenate([[0], np.cumsum(series_lengths)[:-1]]).astype(np.int64)
-        elif self._arrays is not None:
-            series_lengths = np.array([a.shape[0] for a in self._arrays], dtype=np.int64)
-            self._row_starts = self.data.row_starts[:-1]
-        else:
-            series_lengths = np.array([n_steps], dtype=np.int64)
-        self.series_lengths = series_lengths
-        if int(series_lengths.max()) < self.span:
-            which = "data is" if self._row_starts is None else "every series is"
-            steps = f"{n_steps} steps" if self._row_starts is None else f"the longest has {int(series_lengths.max())} steps"
-            raise ValueError(
-                f"{which} too short for one window: {steps}, but window={self.window}, "
-                f"horizon={self.horizon}, dilation={self.dilation} need {self.span}"
-            )
-        if self._row_starts is not None:
-            # After the check above: span and the clamped stride fit in int64,
-            # whatever integers the user gave (a stride past the end means one
-            # window per long-enough series, as the clamp keeps).
-            stride = min(self.stride, n_steps)
-            self._offsets = window_offsets(window_counts(series_lengths, self.span, stride))
-        if self._offsets is None:
-            self._len = (n_steps - self.span) // self.stride + 1
-        else:
-            self._len = int(self._offsets[-1])
-
-    def _init_series_list(self, data: Sequence[Any]) -> np.ndarray:
-        """Check a list of series and keep them as 2-D views; returns the first (for its dtype)."""
+    def _checked_series_list(self, data: Sequence[Any]) -> list[np.ndarray]:
+        """A list of series, checked, as ``(N_s, F)`` views."""
         if len(data) == 0:
             raise ValueError("data must hold at least one series, got an empty list")
         for k, a in enumerate(data):
@@ -357,9 +304,7 @@ class SlidingWindows:
                 # One kernel reads every series: mixed dtypes would need a copy.
                 raise TypeError(f"series must share one dtype, got {first.dtype} in data[0] and {a.dtype} in data[{k}]")
         self.univariate = first.ndim == 1
-        self._arrays = [a[:, None] if self.univariate else a for a in arrays]
-        self.data = SeriesRows(self._arrays)
-        return first
+        return [a[:, None] if self.univariate else a for a in arrays]
 
     @classmethod
     def from_npy(cls, path: Any, **kwargs: Any) -> "SlidingWindows":
@@ -399,9 +344,7 @@ class SlidingWindows:
         npy = getattr(self, "_npy", None)
         if npy is not None:
             return (_reopen_npy, npy)
-        state = dict(self.__dict__)
-        state["_typed_arrays"] = None  # numba lists do not pickle; rebuilt on the first gather
-        return (_restore, (type(self), state))
+        return (_restore, (type(self), dict(self.__dict__)))
 
     # -- geometry -----------------------------------------------------------
     @property
@@ -412,14 +355,17 @@ class SlidingWindows:
     @property
     def many_series(self) -> bool:
         """True when built from a list of series or with ``lengths``."""
-        return self._offsets is not None
+        return self.layout.many_series
 
     @property
     def series_offsets(self) -> np.ndarray:
         """``[0, n_0, n_0 + n_1, ..., len(self)]``: series ``s`` owns window ids ``offsets[s]:offsets[s+1]``."""
-        if self._offsets is None:
-            return np.array([0, self._len], dtype=np.int64)
-        return self._offsets
+        return self.layout.offsets
+
+    @property
+    def series_lengths(self) -> np.ndarray:
+        """The number of steps of each series (``[N]`` for a single array)."""
+        return self.layout.series_lengths
 
     def series_of(self, ids: Any) -> np.ndarray:
         """The series index of each window id in ``ids`` (valid ids, as an int64 array)."""
@@ -428,10 +374,11 @@ class SlidingWindows:
     def locate(self, i: int) -> tuple[int, int]:
         """``(series, start)``: window ``i``'s series and the step of its first input within that series."""
         i = self._index(i)
-        if self._offsets is None:
+        if not self.many_series:
             return 0, i * self.stride
-        s = int(series_of(self._offsets, i))
-        return s, (i - int(self._offsets[s])) * self.stride
+        offsets = self.layout.offsets
+        s = int(series_of(offsets, i))
+        return s, (i - int(offsets[s])) * self.stride
 
     @property
     def n_steps(self) -> int:
@@ -463,17 +410,6 @@ class SlidingWindows:
         """Bytes of one gathered window, input and target, in the batch dtype."""
         return (self.window * self.n_features + self.horizon * self.n_targets) * self.dtype.itemsize
 
-    def start(self, i: int) -> int:
-        """The index in ``data`` of the first input step of window ``i``.
-
-        With many series that is a row of the series laid end to end (for a
-        list, as :class:`fastbatch.series.SeriesRows` numbers them).
-        """
-        if self._offsets is None:
-            return self._index(i) * self.stride
-        s, local = self.locate(i)
-        return int(self._row_starts[s]) + local
-
     def find_nan(self) -> int | None:
         """The index of the first window whose input or target holds a NaN, or ``None``.
 
@@ -486,25 +422,10 @@ class SlidingWindows:
         with a NaN; nothing is copied.  Integer data has no NaN: ``None`` at
         once.  ``WindowLoader(..., check_nan=True)`` runs this when it is made.
         """
-        from fastbatch.kernels import first_nan_window, first_nan_window_list
-
-        size = self.data.dtype.itemsize
         if self.data.dtype.kind != "f":
             return None
-        bits = np.dtype(f"u{size}")
-        is_target = np.zeros(self.n_features, dtype=np.bool_)
-        is_target[self.target_columns] = True
-        mask, inf = _NAN_BITS[size]
-        geometry = (self._kernel_stride, self.dilation, self.window, self.horizon, is_target,
-                    np.uint64(mask), np.uint64(inf))
-        if self._arrays is not None:
-            arrays = typed_series_list([a.view(bits) for a in self._arrays])
-            i = first_nan_window_list(arrays, self._offsets, *geometry)
-        else:
-            starts = np.zeros(1, np.int64) if self._row_starts is None else self._row_starts
-            row_bounds = np.append(starts, self.n_steps).astype(np.int64)
-            i = first_nan_window(self.data.view(bits), row_bounds, self.series_offsets, *geometry)
-        return None if i < 0 else int(i)
+        i = self.layout.first_nan()
+        return None if i < 0 else i
 
     def __len__(self) -> int:
         return self._len
@@ -526,7 +447,7 @@ class SlidingWindows:
         """
         series, s = self.locate(i)
         e = s + (self.window - 1) * self.dilation + 1
-        source = self._series_rows(series)
+        source = self.layout.rows(series)
         source = source[:, 0] if self.univariate else source
         x = source[s:e:self.dilation]
         y = source[e : e + self.horizon]
@@ -536,15 +457,6 @@ class SlidingWindows:
         if self.return_series_id:
             return x, y, series
         return x, y
-
-    def _series_rows(self, s: int) -> np.ndarray:
-        """The ``(N_s, F)`` rows of series ``s`` (a view)."""
-        if self._arrays is not None:
-            return self._arrays[s]
-        if self._offsets is None:
-            return self.data
-        start = int(self._row_starts[s])
-        return self.data[start : start + int(self.series_lengths[s])]
 
     def __getitems__(self, indices: Sequence[int]):
         """A whole batch for ``torch.utils.data.DataLoader``, gathered by one Numba kernel call.
@@ -559,7 +471,7 @@ class SlidingWindows:
         return get_batch(self, indices)
 
     def __repr__(self) -> str:
-        if self._offsets is not None:
+        if self.many_series:
             return (
                 f"SlidingWindows(n_windows={self._len}, n_series={self.n_series}, n_features={self.n_features}, "
                 f"window={self.window}, horizon={self.horizon}, stride={self.stride}, dilation={self.dilation}, "
@@ -577,13 +489,7 @@ class SlidingWindows:
 
         For a list of series: the ``numba.typed.List`` of their ``(N_s, F)`` views.
         """
-        if self._arrays is not None:
-            if self._typed_arrays is None:
-                self._typed_arrays = typed_series_list([_bits_view(a) for a in self._arrays])
-            return self._typed_arrays
-        if self.data.dtype in _BITS_ONLY:
-            return self.data.view(_BITS_ONLY[self.data.dtype])
-        return self.data
+        return self.layout.kernel_data()
 
     def gather(self, ids: np.ndarray, out_x: np.ndarray | None = None, out_y: np.ndarray | None = None,
                *, mean: np.ndarray | None = None, std: np.ndarray | None = None,
@@ -601,7 +507,6 @@ class SlidingWindows:
         arrays and ``mean``/``std`` are checked here; the loader, whose ids
         are valid by construction, passes ``check=False``.
         """
-        from fastbatch.kernels import gather_concatenated, gather_runs, gather_series_list, gather_windows, run_parallel
         from fastbatch.normalize import check_stats
 
         if check:
@@ -617,24 +522,8 @@ class SlidingWindows:
         if check:
             self._check_outputs(n, out_x, out_y, series_out)
             mean, std = check_stats(mean, std, self.n_features, out_x.dtype)
-        geometry = (self._kernel_stride, self.dilation, self.window, self.horizon, self.target_columns,
-                    _bits_view(out_x), _bits_view(out_y))
-        if n and self._offsets is None and mean is None and self._runs:
-            flat = self.kernel_data().reshape(-1)
-            step, run_x = self._kernel_stride * self.n_features, self.window * self.n_features
-            run_parallel(gather_runs, flat, ids, step, run_x, self.horizon * self.n_features,
-                         geometry[5].reshape(n, -1), geometry[6].reshape(n, -1))
-            if series_out is not None:
-                series_out[:] = 0
-        elif n and self._offsets is None:
-            run_parallel(gather_windows, self.kernel_data(), ids, *geometry, mean, std)
-            if series_out is not None:
-                series_out[:] = 0
-        elif n and self._arrays is not None:
-            run_parallel(gather_series_list, self.kernel_data(), self._offsets, ids, *geometry, series_out, mean, std)
-        elif n:
-            run_parallel(gather_concatenated, self.kernel_data(), self._row_starts, self._offsets, ids, *geometry,
-                         series_out, mean, std)
+        if n:
+            self.layout.gather(ids, out_x, out_y, series_out, mean, std)
         x, y = out_x.reshape((n, *self.x_shape)), out_y.reshape((n, *self.y_shape))
         return (x, y) if series_out is None else (x, y, series_out)
 
@@ -646,34 +535,6 @@ def _check_out(name: str, array: Any, shape: tuple[int, ...]) -> None:
         raise ValueError(
             f"{name} must be a writeable C-contiguous numeric array of shape {shape} in native byte order, got {got}"
         )
-
-
-def _file_identity(array: np.ndarray) -> tuple[str, int, int, int] | None:
-    """(path, device, inode, size) of the file a memory-mapped array reads, else None."""
-    mapped = _memmap_of(array)
-    path = None if mapped is None else mapped.filename
-    if not path:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (os.fspath(path), st.st_dev, st.st_ino, st.st_size)
-
-
-def _memmap_of(array: np.ndarray) -> np.memmap | None:
-    """The ``np.memmap`` (holding its ``mmap``) that ``array`` views, else None."""
-    a: Any = array
-    while isinstance(a, np.ndarray):
-        if isinstance(a, np.memmap) and getattr(a, "_mmap", None) is not None:
-            return a
-        a = a.base
-    return None
-
-
-def _bits_view(array: np.ndarray) -> np.ndarray:
-    """The array itself, or its unsigned-integer view for dtypes only copied as bits."""
-    return array.view(_BITS_ONLY[array.dtype]) if array.dtype in _BITS_ONLY else array
 
 
 def _as_index(cols: np.ndarray):
