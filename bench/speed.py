@@ -274,7 +274,7 @@ class KernelStream:
         from fastbatch.order import EpochOrder
 
         n = len(self.windows)
-        self._ids = EpochOrder(n, shuffle=True, seed=0, epoch=self._epoch, kind=self.order.kind,
+        self._ids = EpochOrder(n, kind=self.order.kind, seed=0, epoch=self._epoch,
                                block=(self.order.block_windows, self.order.pool_blocks)).ids(0, n)
         self._epoch += 1
         self._at = 0

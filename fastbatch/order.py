@@ -133,10 +133,10 @@ def shard_size(n: int, world_size: int, drop_last: bool) -> int:
 class EpochOrder:
     """The window ids of one epoch, handed out in consecutive spans.
 
-    ``shuffle=False`` gives ``0, 1, ..., n-1`` without storing anything;
-    ``shuffle=True`` stores one permutation (4 bytes a window below 2**31)
-    up to :data:`STORED_SHUFFLE_MAX` windows and computes it beyond.  ``kind``
-    picks an order of :data:`ORDERS` explicitly (``block`` is
+    ``kind`` is one of :data:`ORDERS` (:func:`resolve_order` picks it from a
+    loader's options): ``"sequential"`` gives ``0, 1, ..., n-1`` without
+    storing anything; ``"shuffle"`` stores one permutation (4 bytes a window
+    below 2**31); ``"feistel"`` and ``"block"`` compute theirs (``block`` is
     ``(block_windows, pool_blocks)``).
 
     With ``world_size > 1`` this is rank ``rank``'s share: its position ``j`` is
@@ -145,11 +145,10 @@ class EpochOrder:
     disjoint apart from that padding.
     """
 
-    def __init__(self, n: int, *, shuffle: bool, seed: int, epoch: int, kind: str | None = None,
-                 block: tuple[int, int] = (0, 0), rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False) -> None:
-        if kind is None:
-            kind = resolve_order(None, shuffle, n, 1).kind
+    def __init__(self, n: int, *, kind: str, seed: int, epoch: int, block: tuple[int, int] = (0, 0),
+                 rank: int = 0, world_size: int = 1, drop_last: bool = False) -> None:
+        if kind not in ORDERS:
+            raise ValueError(f"kind must be one of {ORDERS}, got {_show(kind)}")
         if kind == "block" and min(block) < 1:
             raise ValueError(f"kind='block' needs block=(block_windows, pool_blocks), both >= 1, got {block}")
         self.n = n

@@ -69,8 +69,7 @@ class Plan:
 
     def epoch_order(self, epoch: int) -> EpochOrder:
         """This rank's order of ``epoch`` (a stored shuffle is computed here: the costly part of an epoch start)."""
-        return EpochOrder(len(self.windows), shuffle=self.order.kind != "sequential", seed=self.seed,
-                          epoch=epoch, kind=self.order.kind,
+        return EpochOrder(len(self.windows), kind=self.order.kind, seed=self.seed, epoch=epoch,
                           block=(self.order.block_windows, self.order.pool_blocks), rank=self.rank,
                           world_size=self.world_size, drop_last=self.drop_last)
 

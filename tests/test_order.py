@@ -38,7 +38,7 @@ def test_a_shuffled_epoch_holds_every_window_exactly_once(n, seed, epoch):
 @given(st.integers(1, 300), st.booleans(), seeds, st.lists(st.integers(0, 300), max_size=6))
 def test_consecutive_spans_make_up_the_epoch(n, shuffle, seed, cuts):
     bounds = sorted({0, n, *(c for c in cuts if c < n)})
-    order = EpochOrder(n, shuffle=shuffle, seed=seed, epoch=1)
+    order = EpochOrder(n, kind="shuffle" if shuffle else "sequential", seed=seed, epoch=1)
     got = np.concatenate([order.ids(a, b) for a, b in zip(bounds, bounds[1:])])
     np.testing.assert_array_equal(got, reference_epoch_ids(n, shuffle=shuffle, seed=seed, epoch=1))
     if not shuffle:
@@ -128,4 +128,4 @@ def test_epochs_past_int64_are_refused_not_wrapped_round_to_epoch_0():
         with pytest.raises(ValueError, match=rf"epoch must be an integer <= {last}, got epoch={epoch}"):
             shuffled(257, 7, epoch)
         with pytest.raises(ValueError, match=rf"got epoch={epoch}"):
-            EpochOrder(100, shuffle=False, seed=7, epoch=epoch, kind="feistel")
+            EpochOrder(100, kind="feistel", seed=7, epoch=epoch)

@@ -48,7 +48,7 @@ def test_feistel_kernel_is_the_reference(n, key, data):
 def test_feistel_reaches_past_2_32_windows_without_storing_them():
     # 2**40 windows: any position is computed on its own, in the int64 range.
     n = 2**40 + 12345
-    order = EpochOrder(n, shuffle=True, seed=3, epoch=1)
+    order = EpochOrder(n, kind=resolve_order(None, True, n, 4).kind, seed=3, epoch=1)
     assert order.kind == "feistel" and order._perm is None
     tail = order.ids(n - 5, n)
     assert tail.dtype == np.int64 and ((0 <= tail) & (tail < n)).all() and len(set(tail.tolist())) == 5
@@ -58,10 +58,10 @@ def test_feistel_reaches_past_2_32_windows_without_storing_them():
 
 def test_feistel_order_depends_on_seed_and_epoch_and_is_reproducible():
     n = 1000
-    a = EpochOrder(n, shuffle=True, seed=1, epoch=0, kind="feistel").ids(0, n)
-    assert np.array_equal(a, EpochOrder(n, shuffle=True, seed=1, epoch=0, kind="feistel").ids(0, n))
+    a = EpochOrder(n, kind="feistel", seed=1, epoch=0).ids(0, n)
+    assert np.array_equal(a, EpochOrder(n, kind="feistel", seed=1, epoch=0).ids(0, n))
     for other in (dict(seed=2, epoch=0), dict(seed=1, epoch=1)):
-        b = EpochOrder(n, shuffle=True, kind="feistel", **other).ids(0, n)
+        b = EpochOrder(n, kind="feistel", **other).ids(0, n)
         assert np.mean(a == b) < 0.02
     assert int(epoch_key(1, 0)) == reference_epoch_key(1, 0)
 
@@ -119,7 +119,7 @@ def test_shuffle_is_stored_fisher_yates_up_to_the_threshold_and_computed_beyond(
     assert resolve_order(None, False, 10**12, 4).kind == "sequential"
     # Below the threshold the default order is still the golden Fisher-Yates one.
     n = 300
-    ids = EpochOrder(n, shuffle=True, seed=5, epoch=2).ids(0, n)
+    ids = EpochOrder(n, kind=resolve_order(None, True, n, 4).kind, seed=5, epoch=2).ids(0, n)
     np.testing.assert_array_equal(ids, reference_shuffled_order(n, reference_epoch_key(5, 2)))
 
 
@@ -153,13 +153,13 @@ def test_the_loader_delivers_every_window_once_with_a_computed_order(order):
 @given(st.integers(1, 300), st.integers(1, 7), st.booleans(), st.sampled_from(["sequential", "feistel", "block", "shuffle"]),
        st.integers(0, 2**20))
 def test_ranks_split_each_epoch_like_distributed_sampler(n, world_size, drop_last, kind, seed):
-    epoch_order = EpochOrder(n, shuffle=kind != "sequential", seed=seed, epoch=0, kind=kind, block=(4, 2))
+    epoch_order = EpochOrder(n, kind=kind, seed=seed, epoch=0, block=(4, 2))
     full = epoch_order.ids(0, n).astype(np.int64)
     # DistributedSampler: pad by wrapping round (or drop the tail), then rank r takes every world_size-th.
     size = shard_size(n, world_size, drop_last)
     total = size * world_size
     padded = np.resize(full, total) if total >= n else full[:total]
-    shards = [EpochOrder(n, shuffle=kind != "sequential", seed=seed, epoch=0, kind=kind, block=(4, 2), rank=r,
+    shards = [EpochOrder(n, kind=kind, seed=seed, epoch=0, block=(4, 2), rank=r,
                          world_size=world_size, drop_last=drop_last) for r in range(world_size)]
     for r, shard in enumerate(shards):
         assert shard.size == size

@@ -75,7 +75,7 @@ def test_the_cpu_path_equals_numpy_slicing(case):
     w = loader.windows
     got = _epoch(loader, 1)
     spec = loader.order
-    ids = EpochOrder(len(w), shuffle=loader.shuffle, seed=loader.seed, epoch=1, kind=spec.kind,
+    ids = EpochOrder(len(w), kind=spec.kind, seed=loader.seed, epoch=1,
                      block=(spec.block_windows, spec.pool_blocks), rank=loader.rank, world_size=loader.world_size,
                      drop_last=loader.drop_last).ids(0, loader.n_samples)
     xs = np.concatenate([b[0] for b in got])

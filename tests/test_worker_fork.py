@@ -58,7 +58,7 @@ def test_dataloader_workers_after_a_gather_in_the_parent_give_the_reference_batc
 
 def _gather_in_child(w, ids, n, conn) -> None:
     x, y = w.gather(ids)
-    order = EpochOrder(n, shuffle=True, seed=5, epoch=2, kind="feistel").ids(0, n)
+    order = EpochOrder(n, kind="feistel", seed=5, epoch=2).ids(0, n)
     conn.send((x, y, order))
     conn.close()
 
@@ -77,7 +77,7 @@ def test_a_plain_fork_gathers_and_computes_orders_like_its_parent():
     child.join(60)
     assert child.exitcode == 0, f"the forked child ended with exit code {child.exitcode}"
     x, y = w.gather(ids)
-    expected_order = EpochOrder(n, shuffle=True, seed=5, epoch=2, kind="feistel").ids(0, n)
+    expected_order = EpochOrder(n, kind="feistel", seed=5, epoch=2).ids(0, n)
     for child_part, parent_part in zip(got, (x, y, expected_order), strict=True):
         np.testing.assert_array_equal(child_part, parent_part)
     assert sorted(got[2].tolist()) == list(range(n))
