@@ -203,7 +203,7 @@ class WindowLoader:
         # Every argument is checked above; the passes over the data come last.
         if check_nan:
             _raise_on_nan(windows)
-        self._mean, self._std = resolve_normalize(normalize, windows.data, self._gather_dtype)
+        self._mean, self._std = resolve_normalize(normalize, windows.data)
         self.epoch = 0
         self._resume_position = 0
         self._progress: _Progress | None = None

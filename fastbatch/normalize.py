@@ -90,9 +90,8 @@ def _refuse_infinite(block: np.ndarray, first_row: int) -> None:
         )
 
 
-def resolve_normalize(normalize: Any, data: np.ndarray, out_dtype: np.dtype):
-    """``None``/``False`` -> no standardisation; ``True`` -> statistics of ``data``; ``(mean, std)`` -> those."""
-    checked = check_normalize(normalize, data.shape[1], out_dtype)
+def resolve_normalize(checked: Any, data: np.ndarray):
+    """``(mean, std)``, or ``(None, None)``, from what :func:`check_normalize` returned: ``True`` reads ``data``."""
     if checked is True:
         return feature_stats(data)
     return (None, None) if checked is None else checked
