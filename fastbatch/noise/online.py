@@ -97,8 +97,8 @@ class GradientNoiseScale:
         self.world_size = dist.get_world_size(process_group) if distributed else 1
         self.biased = False
         self._ema: torch.Tensor | None = None  # [|G|² sum, tr(Σ) sum, weight], each already × (1 - beta)
-        self._skipped: torch.Tensor | None = None
-        self._updates = 0
+        self._finite: torch.Tensor | None = None  # updates whose estimate was finite, on the device
+        self._updates = 0  # updates tried
         self._parts = 0  # micro-batches since the last step
         self._parts_sq: torch.Tensor | None = None  # Σ |part's gradient contribution|²
         self._buffer: GradientBuffer | None = None  # the previous step's gradient, or the running .grad
@@ -184,12 +184,12 @@ class GradientNoiseScale:
     @property
     def updates(self) -> int:
         """Steps whose estimate entered the averages."""
-        return self._updates - self.skipped
+        return 0 if self._finite is None else int(self._finite.item())
 
     @property
     def skipped(self) -> int:
         """Steps skipped because a gradient was not finite (mixed precision overflow)."""
-        return 0 if self._skipped is None else int(self._skipped.item())
+        return self._updates - self.updates
 
     def state_dict(self) -> dict[str, Any]:
         """The averages and counts, as plain Python values (the gradient buffer is not kept).
@@ -213,8 +213,8 @@ class GradientNoiseScale:
         if ema.shape != (3,):
             raise ValueError(f"state['ema'] must hold 3 numbers, got {state['ema']!r}")
         self._ema = ema
-        self._skipped = torch.tensor(int(state["skipped"]), dtype=torch.float64)
         self._updates = int(state["attempts"])
+        self._finite = torch.tensor(self._updates - int(state["skipped"]), dtype=torch.float64)
         self.biased = bool(state["biased"])
         self._buffer_is_step = False
 
@@ -282,17 +282,18 @@ class GradientNoiseScale:
     def _update(self, measured: torch.Tensor, combine, b: float, n: int, *, biased: bool) -> None:
         """Fold ``two_sizes(combine @ measured)`` into the averages, on the device (no host sync)."""
         if biased != self.biased:
-            self._ema, self._skipped, self._updates = None, None, 0  # different estimators: start again
+            self._ema, self._finite, self._updates = None, None, 0  # different estimators: start again
             self.biased = biased
         matrix, offset = self._coefficients(combine, b, n, measured.device)
         values = torch.addmv(offset, matrix, measured)  # [|G|², tr(Σ), 1]
         if self._ema is None:
-            self._ema, self._skipped = torch.zeros_like(values), torch.zeros((), dtype=torch.float64,
-                                                                              device=values.device)
-        self._ema, self._skipped = self._ema.to(values.device), self._skipped.to(values.device)
+            self._ema = torch.zeros_like(values)
+            self._finite = torch.zeros((), dtype=torch.float64, device=values.device)
+        elif self._ema.device != values.device:  # loaded from a state_dict
+            self._ema, self._finite = self._ema.to(values.device), self._finite.to(values.device)
         finite = torch.isfinite(values).all()
         self._ema = torch.where(finite, torch.lerp(values, self._ema, self.beta), self._ema)
-        self._skipped.add_(finite.logical_not())
+        self._finite.add_(finite)
         self._updates += 1
 
     def _coefficients(self, combine, b: float, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:

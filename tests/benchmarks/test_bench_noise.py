@@ -1,0 +1,83 @@
+"""The online GradientNoiseScale's cost: a reference model's training step with and without it, same run.
+
+pytest-benchmark times the step with the noise scale measured; the figure to
+read is ``extra_info["noise_scale_step_ratio"]``: the median time of a round
+of steps with ``GradientNoiseScale.step`` over the median without, from
+rounds that alternate (so a busy spell of a shared machine hits both alike).
+It is printed too::
+
+    .venv/bin/python -m pytest -q -s -p no:cacheprovider tests/benchmarks/test_bench_noise.py \\
+        --benchmark-columns=median,rounds
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+import torch
+
+import fastbatch as fb
+from bench.models import TrainStep, build_model
+from test_models import one_thread  # noqa: F401 - the fixture: one intra-op thread, steady times on a busy machine
+
+# (model, batch size, window): the reference models of bench/models.py at their default sizes;
+# windows and batches sized so that a step of each takes milliseconds to tens of them on 2 cores.
+SETTINGS = [("mlp", 256, 64), ("mlp", 1024, 64), ("cnn", 64, 32), ("lstm", 64, 32), ("transformer", 32, 32)]
+ROUNDS = 7
+RATIO_ROUNDS = 15
+
+
+class Training:
+    """A reference model's training step (``bench.models.TrainStep``: MSE, AdamW); the noise scale on demand."""
+
+    def __init__(self, name: str, batch_size: int, window: int) -> None:
+        torch.manual_seed(0)
+        self.model = build_model(name, window, 1, 1, 1)
+        self.train = TrainStep(self.model)
+        self.x, self.y = torch.randn(batch_size, window, 1), torch.randn(batch_size, 1, 1)
+        self.noise_scale = fb.GradientNoiseScale(self.model)
+        self.measuring = False
+        # Between the backward pass and the optimizer's step, where TrainStep leaves no other way in.
+        self.train.optimizer.register_step_pre_hook(self._before_optimizer_step)
+
+    def _before_optimizer_step(self, *_) -> None:
+        if self.measuring:
+            self.noise_scale.step(len(self.x))
+
+    def steps(self, n: int, *, measuring: bool) -> None:
+        self.measuring = measuring
+        for _ in range(n):
+            self.train(self.x, self.y)
+
+
+def steps_per_round(training: Training) -> int:
+    """Enough steps for a round of about 0.2 s (at least 2)."""
+    start = time.perf_counter()
+    training.steps(2, measuring=False)
+    return max(2, round(0.2 / ((time.perf_counter() - start) / 2)))
+
+
+@pytest.mark.parametrize("name,batch_size,window", SETTINGS, ids=[f"{s[0]}-B{s[1]}" for s in SETTINGS])
+def test_train_step_with_the_online_noise_scale(benchmark, one_thread, name, batch_size, window):
+    training = Training(name, batch_size, window)
+    n = 1 if benchmark.disabled else steps_per_round(training)
+    training.steps(2, measuring=True)  # the buffer exists and the first differenced update is done
+    benchmark.pedantic(training.steps, args=(n,), kwargs={"measuring": True}, rounds=ROUNDS, warmup_rounds=1)
+
+    # CPU time of this thread, the only one the step runs on: waiting for a core that another
+    # process holds counts in wall time, not here.
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(1 if benchmark.disabled else RATIO_ROUNDS):
+        for measuring in ((False, True) if i % 2 else (True, False)):
+            start = time.thread_time()
+            training.steps(n, measuring=measuring)
+            seconds[measuring].append(time.thread_time() - start)
+    ratio = statistics.median(seconds[True]) / statistics.median(seconds[False])
+    benchmark.extra_info.update(noise_scale_step_ratio=ratio, steps_per_round=n, batch_size=batch_size,
+                                window=window, parameters=sum(p.numel() for p in training.model.parameters()))
+    print(f"\n{name}: a training step with GradientNoiseScale takes {ratio:.3f}x the step without "
+          f"(thread CPU time, median of {len(seconds[True])} alternating rounds of {n} steps, batch {batch_size}, "
+          f"window {window})")
+    assert training.noise_scale.updates > 0 and training.noise_scale.biased  # it measured, differenced
