@@ -205,18 +205,15 @@ class WindowLoader:
             _raise_on_nan(windows)
         self._mean, self._std = resolve_normalize(normalize, windows.data)
         self.epoch = 0
-        self._resume_position = 0
+        # (batches, windows) of the next epoch already delivered: a loaded state.
+        self._resume = (0, 0)
         self._progress: _Progress | None = None
         # This rank's windows per epoch: all of them for one process.
-        n = self._shard = shard_size(len(windows), self.world_size, self.drop_last)
-        self.n_batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        self._shard = shard_size(len(windows), self.world_size, self.drop_last)
         # How the batches are made: "cpu", "pinned" (host gather, copy to the
         # device) or "resident" (gathered on the device).
         self._path = "resident" if self.placement == "device" else ("pinned" if self.device.type == "cuda" else "cpu")
-        self.chunk_batches = _chunk_batches(
-            self.batch_size * windows.window_nbytes, self.n_batches, self.placement == "device"
-        )
-        self.queue_chunks = max(1, -(-self.prefetch // self.chunk_batches))
+        self._size_batches(self.batch_size)
         self._store = _StagingStore()
         self._threads_lock = threading.Lock()
         self._device_windows: DeviceWindows | None = None
@@ -520,6 +517,7 @@ class _EpochIterator:
     def _use(self, producer: tuple) -> None:
         plan, self._chunks, self._in_caller = producer
         self._batch_size = plan.batch_size
+        self._batch_type = plan.windows._batch_type
         self._cuda = plan.device if plan.device.type == "cuda" else None
 
     def restart(self, make_producer) -> None:
@@ -587,7 +585,7 @@ class _EpochIterator:
                 # Allocated on the copy stream, used on the consumer's: keep the
                 # allocator from reusing the memory before that use is done.
                 field.record_stream(stream)
-        self._batches = batches(chunk, self._batch_size)
+        self._batches = batches(chunk, self._batch_size, self._batch_type)
         return next(self._batches)
 
     def _raise_closed(self):

@@ -60,12 +60,7 @@ class Plan:
 
     def fields(self) -> tuple[FieldSpec, ...]:
         """What a chunk holds per window, as gathered (before any cast on the device)."""
-        w = self.windows
-        out = [FieldSpec((w.window, w.n_features), self.gather_dtype),
-               FieldSpec((w.horizon, w.n_targets), self.gather_dtype)]
-        if self.series_ids:
-            out.append(FieldSpec((), np.int64))
-        return tuple(out)
+        return self.windows._chunk_fields(self.gather_dtype)
 
     def epoch_order(self, epoch: int) -> EpochOrder:
         """This rank's order of ``epoch`` (a stored shuffle is computed here: the costly part of an epoch start)."""
@@ -111,22 +106,13 @@ class Chunk:
 VIEW_GROUP = 64
 
 
-def batches(chunk: Chunk, batch_size: int) -> Iterator[tuple]:
-    """The chunk's batches: a new tuple of new tensor views for each."""
+def batches(chunk: Chunk, batch_size: int, batch_type=None) -> Iterator[tuple]:
+    """The chunk's batches: a new tuple (or ``batch_type``) of new tensor views for each."""
     step = batch_size * VIEW_GROUP
     fields = chunk.fields
     for start in range(0, chunk.n, step):
-        yield from zip(*(f[start : start + step].split(batch_size) for f in fields))
-
-
-def finish(plan: Plan, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gathered ``(n, T, F)``/``(n, H, n_targets)`` as the batch's shapes and dtype."""
-    w = plan.windows
-    if w.univariate:
-        x, y = x.reshape(x.shape[0], w.window), y.reshape(y.shape[0], w.horizon)
-    if x.dtype != plan.dtype:
-        x, y = x.to(plan.dtype), y.to(plan.dtype)
-    return x, y
+        group = zip(*(f[start : start + step].split(batch_size) for f in fields))
+        yield from group if batch_type is None else (batch_type(*b) for b in group)
 
 
 def _gather(plan: Plan, order: EpochOrder, start: int, stop: int, arrays, threads: GatherThreads) -> np.ndarray:
@@ -137,8 +123,7 @@ def _gather(plan: Plan, order: EpochOrder, start: int, stop: int, arrays, thread
     # The order's kernel and the gather run under the same measured thread count.
     with threads.run(n * w.window_nbytes):
         ids = order.ids(start, stop)
-        series = arrays[2] if plan.series_ids else None
-        w.gather(ids, arrays[0], arrays[1], mean=plan.mean, std=plan.std, series_out=series, check=False)
+        w._gather_chunk(ids, arrays, plan.mean, plan.std)
     return ids
 
 
@@ -148,10 +133,9 @@ def cpu_chunks(plan: Plan, order: EpochOrder, start: int, pool: HostPool, thread
     for lo, hi in plan.spans(start):
         arrays = pool.take(fields, hi - lo)
         _gather(plan, order, lo, hi, arrays, threads)
-        tensors = [torch.from_numpy(a) for a in arrays]
-        x, y = finish(plan, tensors[0], tensors[1])
+        tensors = tuple(torch.from_numpy(a) for a in arrays)
         del arrays
-        yield Chunk((x, y, *tensors[2:]), lo)
+        yield Chunk(plan.windows._finish_chunk(tensors, plan.dtype), lo)
 
 
 def pinned_chunks(plan: Plan, order: EpochOrder, start: int, ring: PinnedRing, stream, threads: GatherThreads
@@ -165,10 +149,10 @@ def pinned_chunks(plan: Plan, order: EpochOrder, start: int, ring: PinnedRing, s
         with _on(stream, plan.device):
             out = tuple(_copy(t, plan.device) for t in pinned)
             # A bfloat16 cast runs here, on the copy stream, before the event.
-            x, y = finish(plan, out[0], out[1])
+            out = plan.windows._finish_chunk(out, plan.dtype)
             ready = _record(stream)
         slot.event = ready
-        yield Chunk((x, y, *out[2:]), lo, ready)
+        yield Chunk(out, lo, ready)
 
 
 def resident_chunks(plan: Plan, order: EpochOrder, start: int, resident, ring: PinnedRing, stream
@@ -188,10 +172,10 @@ def resident_chunks(plan: Plan, order: EpochOrder, start: int, resident, ring: P
         with _on(stream, plan.device):
             ids = tuple(_copy(t, plan.device) for t in pinned)
             x, y = resident.gather(ids[0], ids[1] if w.many_series else None)
-            x, y = finish(plan, x, y)
+            out = w._finish_chunk((x, y, ids[1]) if plan.series_ids else (x, y), plan.dtype)
             ready = _record(stream)
         slot.event = ready
-        yield Chunk((x, y, ids[1]) if plan.series_ids else (x, y), lo, ready)
+        yield Chunk(out, lo, ready)
 
 
 class _on:

@@ -483,6 +483,36 @@ class SlidingWindows:
             f"dtype={self.dtype})"
         )
 
+    # -- what a loader's producer asks of windows ---------------------------------
+    # A chunk is a tuple of fields, each with a first dimension of windows.
+    # Windows with other fields (fastbatch.frames' panels) override these.
+    def _chunk_fields(self, gather_dtype: np.dtype):
+        """``FieldSpec`` of each field a chunk holds per window, as gathered: ``x``, ``y`` [, series ids]."""
+        from fastbatch.staging import FieldSpec
+
+        out = [FieldSpec((self.window, self.n_features), gather_dtype),
+               FieldSpec((self.horizon, self.n_targets), gather_dtype)]
+        if self.return_series_id:
+            out.append(FieldSpec((), np.int64))
+        return tuple(out)
+
+    def _gather_chunk(self, ids: np.ndarray, arrays: tuple, mean, std) -> None:
+        """Gather valid ``ids`` into ``arrays`` (the fields of :meth:`_chunk_fields`)."""
+        self.gather(ids, arrays[0], arrays[1], mean=mean, std=std,
+                    series_out=arrays[2] if self.return_series_id else None, check=False)
+
+    def _finish_chunk(self, fields: tuple, dtype) -> tuple:
+        """Gathered fields as the batch's shapes and dtype (1-D series lose their feature axis; bfloat16 cast)."""
+        x, y = fields[0], fields[1]
+        if self.univariate:
+            x, y = x.reshape(x.shape[0], self.window), y.reshape(y.shape[0], self.horizon)
+        if x.dtype != dtype:
+            x, y = x.to(dtype), y.to(dtype)
+        return (x, y, *fields[2:])
+
+    #: What a batch's tuple of fields becomes (``None``: the tuple itself).
+    _batch_type = None
+
     # -- gather ---------------------------------------------------------------
     def kernel_data(self) -> np.ndarray:
         """The ``(N, F)`` array the gather kernel reads (a view; float16 as its bits).
