@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -31,6 +31,7 @@ from fastbatch.panel import Panel, PanelOptions, PanelTime
 
 FILLS = ("raise", "ffill", "nan")
 _INT64_MAX = np.iinfo(np.int64).max
+_KEY_LIMIT = 2**62  # several id columns share one int64 key below this many combinations
 
 
 # -- options ---------------------------------------------------------------------
@@ -112,10 +113,6 @@ class _NotNumeric(TypeError):
     """Raised by a column reader; :func:`build` adds the series and the value to the message."""
 
 
-def _non_numeric(name: str, role: str, kind: str) -> _NotNumeric:
-    return _NotNumeric(kind)
-
-
 def _example(values: Any) -> tuple[int, Any]:
     """The first value that is not a number (row, value), looking at the first rows only; else row 0."""
     import numbers
@@ -154,11 +151,11 @@ class _PandasColumns(_Columns):
             return np.where(codes < 0, np.nan, codes) if (codes < 0).any() else codes
         if isinstance(dt, np.dtype):
             if dt.kind not in "biuf":
-                raise _non_numeric(name, role, f"dtype {dt}")
+                raise _NotNumeric(f"dtype {dt}")
             return s.to_numpy()
         numpy_dtype = getattr(dt, "numpy_dtype", None)
         if numpy_dtype is None or numpy_dtype.kind not in "biuf":
-            raise _non_numeric(name, role, f"dtype {dt}")
+            raise _NotNumeric(f"dtype {dt}")
         if s.hasnans:
             return s.to_numpy(dtype=np.float64, na_value=np.nan)
         return s.to_numpy(dtype=numpy_dtype)
@@ -210,14 +207,14 @@ class _ArrowColumns(_Columns):
         col = self._column(name)
         t = col.type
         if pa.types.is_dictionary(t) and role == "static":
-            col = col.cast(t.value_type) if not pa.types.is_integer(t.value_type) else col
-            if pa.types.is_dictionary(col.type):
-                col = pa.chunked_array([c.indices for c in col.chunks], type=t.index_type)
-            return _arrow_numpy(col)
+            # Categories: their codes, made consistent across chunks first (each may have its own dictionary).
+            col = pa.table({name: col}).unify_dictionaries().column(0)
+            col = pa.chunked_array([c.indices for c in col.chunks], type=t.index_type)
+            return _arrow_numpy(col.cast(pa.float64()) if col.null_count else col)
         if pa.types.is_boolean(t):
             col = col.cast(pa.uint8())
         elif not (pa.types.is_integer(t) or pa.types.is_floating(t)):
-            raise _non_numeric(name, role, f"Arrow type {t}")
+            raise _NotNumeric(f"Arrow type {t}")
         if pa.types.is_float16(col.type):
             col = col.cast(pa.float32())  # Numba reads no float16
         return _arrow_numpy(col)
@@ -272,7 +269,7 @@ def _id_array(uniques: Any) -> np.ndarray:
         return values
     out = np.empty(len(values), dtype=object)
     for k, v in enumerate(values):  # a slice assignment would unpack tuples into a 2-D array
-        out[k] = v
+        out[k] = tuple(_plain(x) for x in v) if isinstance(v, tuple) else v
     if out.size and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in out):
         return out.astype(np.int64)
     return out
@@ -409,14 +406,19 @@ def _series_codes(table: _Columns, id: Any) -> tuple[np.ndarray, np.ndarray]:
     if len(parts) == 1:
         return parts[0]
     # Several id columns: one mixed-radix key, sorted like the tuples.
+    sizes = [len(uniques) for _, uniques in parts]
+    if math.prod(sizes) >= _KEY_LIMIT:  # the key would overflow: unique rows instead
+        unique_rows, codes = np.unique(np.stack([c for c, _ in parts], axis=1), axis=0, return_inverse=True)
+        ids = [u[unique_rows[:, k]] for k, (_, u) in enumerate(parts)]
+        return codes.reshape(-1).astype(np.int64), _id_array(list(zip(*ids)))
     key = np.zeros(table.n_rows, np.int64)
-    for codes, uniques in parts:
-        key = key * len(uniques) + codes
+    for (codes, _), size in zip(parts, sizes):
+        key = key * size + codes
     unique_keys, codes = _dense(key)
     ids, rest = [], unique_keys.copy()
-    for codes_k, uniques in reversed(parts):
-        ids.append(uniques[rest % len(uniques)])
-        rest //= len(uniques)
+    for (_, uniques), size in zip(reversed(parts), reversed(sizes)):
+        ids.append(uniques[rest % size])
+        rest //= size
     return codes, _id_array(list(zip(*reversed(ids))))
 
 
@@ -444,6 +446,7 @@ class _Layout:
                  o: PanelOptions) -> None:
         self.o, self.axis, self.ids = o, axis, series_ids
         self.codes, self.ticks = codes, ticks  # source order, for messages
+        self._first = None
         n = codes.shape[0]
         same = codes[1:] == codes[:-1]
         in_order = (codes[1:] > codes[:-1]) | (same & (ticks[1:] > ticks[:-1]))
@@ -556,6 +559,11 @@ class _Layout:
 
     def _first_source_rows(self) -> np.ndarray:
         """The source row of each series' first time step (all series, kept or not)."""
+        if self._first is None:
+            self._first = self._find_first_source_rows()
+        return self._first
+
+    def _find_first_source_rows(self) -> np.ndarray:
         counts = np.bincount(self.codes, minlength=self.ids.shape[0])
         starts = np.zeros(counts.shape[0], np.int64)
         np.cumsum(counts[:-1], out=starts[1:])

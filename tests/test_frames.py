@@ -355,3 +355,17 @@ def test_conversion_memory_stays_near_one_block(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < data_bytes / 5, f"peak {peak} bytes for {data_bytes} bytes of data"
+
+
+def test_id_columns_past_the_int64_key_give_the_same_series(monkeypatch):
+    from fastbatch import frames
+
+    df = pd.DataFrame({"store": [2, 2, 1, 1, 1, 1], "item": ["x", "x", "y", "y", "x", "x"], "t": [0, 1] * 3,
+                       "y": np.arange(6.0)})
+    options = dict(id=["store", "item"], time="t", target="y", window=1)
+    want = from_frame(df, **options)
+    assert want.series_ids.tolist() == [(1, "x"), (1, "y"), (2, "x")]
+    monkeypatch.setattr(frames, "_KEY_LIMIT", 1)  # as if the columns had billions of values each
+    got = from_frame(df, **options)
+    assert got.series_ids.tolist() == want.series_ids.tolist()
+    np.testing.assert_array_equal(got.values, want.values)
