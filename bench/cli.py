@@ -20,7 +20,9 @@ Sweeps batch sizes (powers of two) with fastbatch's WindowLoader and a training
 step, each size in a fresh child process; measures loader-only and end-to-end
 samples/s, the time spent waiting for data, peak host and device memory, and a
 torch DataLoader baseline at the same sizes; finds the out-of-memory boundary
-by doubling then bracketing to within 1%; recommends a batch size.
+by doubling then bracketing to within 1%; then trains the model briefly,
+measures the gradient noise scale, and recommends the batch size of highest
+goodput (samples/s x statistical efficiency) within the boundary's margin.
 """
 
 EPILOG = """\
@@ -114,6 +116,15 @@ def _memory_limit(text: str) -> int:
     return value
 
 
+def _reference_lr(text: str) -> tuple[float, int]:
+    from bench.goodput import parse_reference_lr
+
+    try:
+        return parse_reference_lr(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _device(text: str) -> str:
     if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", text):
         raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
@@ -168,6 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only this fraction of the GPU's memory, to emulate a smaller card")
     g.add_argument("--tolerance", type=_fraction(one=False), default=0.01,
                    help="how close the boundary's bracket must be, relative (default 0.01)")
+
+    g = p.add_argument_group("goodput (which size trains fastest to a given loss; docs/bench.md)")
+    g.add_argument("--no-goodput", dest="goodput", action="store_false",
+                   help="skip the gradient noise scale: recommend by throughput alone")
+    g.add_argument("--reference-lr", type=_reference_lr, metavar="LR@B",
+                   help="a learning rate and the batch size it was tuned at, e.g. 3e-4@64: the noise is measured "
+                        "training at it, and the learning rate for the recommended size is scaled from it "
+                        "(default 1e-3@32, the harness's AdamW step)")
+    g.add_argument("--goodput-steps", type=_integer(1), metavar="N",
+                   help=f"training steps of the noise-scale measurement, measured at 0, N/8, N/4, N/2 and N "
+                        f"(default {cfg.GOODPUT_STEPS}, --quick {cfg.QUICK_GOODPUT_STEPS})")
+    g.add_argument("--goodput-seconds", type=_seconds, metavar="S",
+                   help=f"...or at most S seconds of that training, whichever ends first (default "
+                        f"{cfg.GOODPUT_SECONDS:g}, --quick {cfg.QUICK_GOODPUT_SECONDS:g})")
 
     g = p.add_argument_group("measurement")
     g.add_argument("--prefetch", type=_integer(0), default=2, metavar="N",
@@ -237,6 +262,11 @@ def config_from_args(args: argparse.Namespace) -> cfg.BenchConfig:
         loader_seconds=0.2 if args.quick else 0.5,
         baseline_samples=2048 if args.quick else 4096,
         quick=args.quick,
+        goodput=args.goodput,
+        goodput_steps=args.goodput_steps or (cfg.QUICK_GOODPUT_STEPS if args.quick else cfg.GOODPUT_STEPS),
+        goodput_seconds=args.goodput_seconds or (cfg.QUICK_GOODPUT_SECONDS if args.quick else cfg.GOODPUT_SECONDS),
+        reference_lr=args.reference_lr or cfg.DEFAULT_REFERENCE_LR,
+        reference_lr_from="user" if args.reference_lr else "default",
         seed=args.seed,
         out=args.out,
     )
@@ -248,7 +278,7 @@ def _console(stderr: bool = False):
     console = Console(stderr=stderr)
     if not console.is_terminal:
         # Piped or captured output keeps the whole table on one line per row.
-        console = Console(stderr=stderr, width=max(console.width, 160))
+        console = Console(stderr=stderr, width=max(console.width, 190))
     return console
 
 

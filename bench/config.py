@@ -33,6 +33,17 @@ QUICK_MAX_BATCH_SIZE = 1024
 # A CPU child is never allowed more than this fraction of the memory available
 # when the harness starts, so a runaway batch size cannot endanger the machine.
 SAFETY_FRACTION = 0.8
+# The goodput measurement's training budget (bench.noise_run): steps, or
+# seconds of training, whichever ends first.  500 steps of 32 windows take the
+# MLP's loss most of the way down on the synthetic series in a few seconds on
+# 2 cores; --quick keeps it to what adds about 5 s (child start included).
+GOODPUT_STEPS = 500
+GOODPUT_SECONDS = 30.0
+QUICK_GOODPUT_STEPS = 100
+QUICK_GOODPUT_SECONDS = 5.0
+# The (learning rate, batch size) the noise is measured at without --reference-lr:
+# the harness's own training step, AdamW at its default lr 1e-3 (bench.models.TrainStep), at 32.
+DEFAULT_REFERENCE_LR = (1e-3, 32)
 
 
 def parse_size(text: str) -> int:
@@ -133,11 +144,17 @@ class BenchConfig:
     loader_seconds: float = 0.5
     baseline_samples: int = 4096
     quick: bool = False
+    goodput: bool = True
+    goodput_steps: int = GOODPUT_STEPS
+    goodput_seconds: float = GOODPUT_SECONDS
+    reference_lr: tuple[float, int] = DEFAULT_REFERENCE_LR
+    reference_lr_from: str = "default"  # "user" with --reference-lr
     seed: int = 0
     out: str | None = None
 
     def __post_init__(self) -> None:
-        for name, minimum in (("window", 1), ("horizon", 1), ("features", 1), ("steps", 2), ("prefetch", 0)):
+        for name, minimum in (("window", 1), ("horizon", 1), ("features", 1), ("steps", 2), ("prefetch", 0),
+                              ("goodput_steps", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
@@ -154,6 +171,11 @@ class BenchConfig:
             raise ValueError(f"--tolerance must be in (0, 1), got {self.tolerance}")
         if self.trial_timeout <= 0:
             raise ValueError(f"--trial-timeout must be more than 0 seconds, got {self.trial_timeout}")
+        if not (self.goodput_seconds > 0 and math.isfinite(self.goodput_seconds)):
+            raise ValueError(f"--goodput-seconds must be a finite number of seconds > 0, got {self.goodput_seconds}")
+        lr, size = self.reference_lr
+        if not (lr > 0 and math.isfinite(lr)) or isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"--reference-lr must be LR@B with LR > 0 and B an integer >= 1, got {lr}@{size}")
         if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", self.device):
             raise ValueError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -169,11 +191,14 @@ class BenchConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["baseline_workers"] = list(self.baseline_workers)
+        out["reference_lr"] = list(self.reference_lr)
         return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "BenchConfig":
         values = dict(values)
         values["baseline_workers"] = tuple(values.get("baseline_workers", (0, 2)))
+        if "reference_lr" in values:
+            values["reference_lr"] = tuple(values["reference_lr"])
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})

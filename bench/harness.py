@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.config import BenchConfig, format_bytes, powers_of_two
-from bench.search import lr_scaling_note, recommend, search
+from bench import goodput
+from bench.search import recommend, search, smoothed_rates
 
 
 class BenchError(ValueError):
@@ -147,6 +148,10 @@ def prepare(config: BenchConfig) -> Prepared:
             source = "synthetic"
             n_windows = _windows(array, config, "the synthetic series")
         n_steps, n_features = array.shape
+        if config.reference_lr_from == "user" and config.reference_lr[1] > n_windows:
+            lr, size = config.reference_lr
+            raise BenchError(f"--reference-lr {lr:g}@{size}: batch size {size} exceeds the {n_windows} windows "
+                             "of the series")
         parameters = _check_model(config, n_features, workdir)
         sizes, stopped_by = plan_sizes(config, n_windows)
         if not sizes:
@@ -229,17 +234,51 @@ def run(prepared: Prepared, console) -> dict[str, Any]:
             boundary = {"largest_ok": None, "smallest_oom": None, "reached": False, "stopped_by": "interrupted",
                         "tolerance": config.tolerance, "predicted_oom_batch_size": None,
                         "memory_capacity_bytes": None}
-    report = build_report(config, hw, prepared.dataset, results, boundary, interrupted=interrupted)
+    noise, reason = None, None
+    if not interrupted:
+        try:
+            noise, reason = _noise_scale(prepared, results, console)
+        except KeyboardInterrupt:
+            interrupted = True
+    report = build_report(config, hw, prepared.dataset, results, boundary, interrupted=interrupted,
+                          noise=noise, noise_reason=reason)
     report["elapsed_s"] = time.perf_counter() - started
     return report
 
 
+def _noise_scale(prepared: Prepared, results: list[dict[str, Any]], console) -> tuple[dict | None, str | None]:
+    """The ``noise_scale`` entry measured in a child (:mod:`bench.noise_run`), or ``None`` and the reason why not."""
+    from bench import noise_run
+
+    config = prepared.config
+    if not config.goodput:
+        return None, "--no-goodput"
+    if prepared.dataset.get("model_parameters") == 0:
+        return None, "the model has no parameters, so no gradient noise to measure"
+    if not any(r["status"] == "ok" for r in results):
+        return None, "no batch size completed its training steps"
+    lr, size = config.reference_lr
+    with console.status(f"measuring the gradient noise scale over {config.goodput_steps} training steps "
+                        f"of {size} (lr {lr:g})"):
+        measured = noise_run.measure_in_child(config, prepared.data_path, prepared.workdir)
+    if "error" in measured:
+        return None, f"the noise-scale measurement failed: {measured['error']}"
+    noise = noise_run.summarise(measured)
+    if noise is None:
+        errors = [p.get("error") for p in measured.get("points", []) if p.get("error")]
+        return None, f"the noise-scale measurement failed: {errors[-1] if errors else 'no point was measured'}"
+    return noise, None
+
+
 def build_report(config: BenchConfig, hw: dict[str, Any], dataset: dict[str, Any],
                  results: list[dict[str, Any]], boundary: dict[str, Any], *,
-                 interrupted: bool = False) -> dict[str, Any]:
-    """The dict ``results.json`` holds, from the trials' raw results.
+                 interrupted: bool = False, noise: dict[str, Any] | None = None,
+                 noise_reason: str | None = None) -> dict[str, Any]:
+    """The dict ``results.json`` holds, from the trials' raw results and the measured noise scale.
 
-    An interrupted sweep recommends nothing: its best size is only the best so far.
+    With ``noise``, the recommendation is the goodput-optimal size; without
+    it, the throughput rule's, and ``noise_reason`` says why.  An interrupted
+    sweep recommends nothing: its best size is only the best so far.
     """
     rows = []
     for r in results:
@@ -254,9 +293,21 @@ def build_report(config: BenchConfig, hw: dict[str, Any], dataset: dict[str, Any
             row["speedup_vs_baseline"] = r["loader_samples_per_sec"] / r["baseline_samples_per_sec"]
         else:
             row["speedup_vs_baseline"] = None
+        row.update(statistical_efficiency=None, goodput=None, predicted_time_vs_best=None)  # see goodput.py
         rows.append(row)
     recommendation = recommend([] if interrupted else rows, boundary)
-    recommended = recommendation["recommended_batch_size"]
+    by_throughput = recommendation["recommended_batch_size"]
+    recommended, by, reason = by_throughput, "throughput" if by_throughput else None, noise_reason
+    chosen = goodput.apply_goodput(rows, boundary, noise["b_simple"]) if noise and by_throughput else None
+    if interrupted:
+        reason = "the sweep was interrupted"
+    elif chosen and chosen["goodput_batch_size"]:
+        recommended, by, reason = chosen["goodput_batch_size"], "goodput", None
+        rates = smoothed_rates([r for r in rows if r["status"] == "ok" and r.get("train_samples_per_sec")])
+        recommendation.update(recommended_batch_size=recommended,
+                              recommended_fraction_of_best=rates[recommended] / recommendation["best_train_samples_per_sec"])
+    recommendation["throughput_batch_size"] = by_throughput
+    rates_for = goodput.learning_rates(noise, tuple(config.reference_lr), recommended) if recommended else None
     return {
         "hardware": hw,
         "config": config.to_dict(),
@@ -266,23 +317,43 @@ def build_report(config: BenchConfig, hw: dict[str, Any], dataset: dict[str, Any
                       "workers": r["baseline_workers"]} for r in rows if r.get("baseline_samples_per_sec")],
         "oom_boundary": boundary,
         "recommended_batch_size": recommended,
+        "recommended_by": by,
+        "recommended_by_reason": reason,
+        "throughput_batch_size": by_throughput,
         "recommendation": recommendation,
-        "lr_scaling": lr_scaling_note(recommended),
+        "noise_scale": noise,
+        "goodput": _goodput_summary(chosen, by_throughput) if by == "goodput" else None,
+        "learning_rate": rates_for,
+        "lr_scaling": goodput.lr_note(rates_for) if rates_for else "",
         "interrupted": interrupted,
     }
 
 
+def _goodput_summary(chosen: dict[str, Any], by_throughput: int) -> dict[str, Any]:
+    """What ``results.json`` says about the goodput choice against the throughput-only one."""
+    rates = chosen["goodput"]
+    return {"b_noise": chosen["b_noise"], "batch_size": chosen["goodput_batch_size"],
+            "goodput_samples_per_sec": chosen["goodput_samples_per_sec"],
+            "efficiency_relative_to": chosen["smallest_batch_size"],
+            "throughput_batch_size": by_throughput,
+            # Time to a given loss goes as 1/goodput: this much longer with the throughput-only choice.
+            "throughput_choice_slower_by": chosen["goodput_samples_per_sec"] / rates[by_throughput] - 1}
+
+
 def keep_logs(prepared: Prepared, report: dict[str, Any], out_dir: str) -> None:
-    """Copy the logs of trials that did not end ``ok`` to ``out_dir/trial-logs``."""
-    failed = [r for r in report["results"] if r["status"] != "ok"]
-    if not failed:
+    """Copy the logs of trials that did not end ``ok``, and of a noise-scale measurement that failed, to
+    ``out_dir/trial-logs``."""
+    logs = [os.path.join(prepared.workdir, f"trial-{r['batch_size']}-{r['role']}.log")
+            for r in report["results"] if r["status"] != "ok"]
+    if report.get("noise_scale") is None:  # its log exists only if the measurement ran
+        logs.append(os.path.join(prepared.workdir, "noise-scale.log"))
+    logs = [log for log in logs if os.path.exists(log)]
+    if not logs:
         return
     target = os.path.join(out_dir, "trial-logs")
     os.makedirs(target, exist_ok=True)
-    for r in failed:
-        log = os.path.join(prepared.workdir, f"trial-{r['batch_size']}-{r['role']}.log")
-        if os.path.exists(log):
-            shutil.copy(log, target)
+    for log in logs:
+        shutil.copy(log, target)
 
 
 def cleanup(prepared: Prepared) -> None:

@@ -1,4 +1,4 @@
-"""The harness's output: the terminal table, results.json, results.csv and two plots.
+"""The harness's output: the terminal table, results.json, results.csv and three plots.
 
 Every function takes the report dict that :func:`bench.harness.run` builds;
 ``results.json`` is that dict, and its keys ``hardware``, ``config``,
@@ -14,11 +14,13 @@ import os
 from typing import Any
 
 from bench.config import format_bytes
+from bench.search import SAFE_FRACTION
 
 CSV_COLUMNS = [
     "batch_size", "status", "role", "loader_samples_per_sec", "loader_bytes_per_sec", "train_samples_per_sec",
     "data_wait_s", "compute_s", "peak_host_bytes", "peak_host_data_bytes", "peak_device_bytes", "peak_device_reserved_bytes",
-    "baseline_samples_per_sec", "baseline_workers", "speedup_vs_baseline", "iterations_per_epoch", "error",
+    "baseline_samples_per_sec", "baseline_workers", "speedup_vs_baseline", "iterations_per_epoch",
+    "statistical_efficiency", "goodput", "predicted_time_vs_best", "error",
 ]
 STATUS_STYLE = {"ok": "green", "oom": "bold red", "crash": "red", "timeout": "yellow", "error": "red"}
 
@@ -62,6 +64,9 @@ def _notes(report: dict[str, Any]) -> dict[int, list[str]]:
     for key, label in (("recommended_batch_size", "recommended"), ("largest_safe_batch_size", "largest safe")):
         if rec.get(key):
             notes.setdefault(rec[key], []).append(label)
+    throughput = report.get("throughput_batch_size")
+    if report.get("recommended_by") == "goodput" and throughput and throughput != rec.get("recommended_batch_size"):
+        notes.setdefault(throughput, []).append("throughput choice")
     if boundary.get("largest_ok"):
         notes.setdefault(boundary["largest_ok"], []).append("largest ok")
     if boundary.get("smallest_oom"):
@@ -72,16 +77,21 @@ def _notes(report: dict[str, Any]) -> dict[int, list[str]]:
 def table(report: dict[str, Any]):
     """A ``rich.table.Table`` with one row per trial."""
     from rich.markup import escape
-    from rich.markup import escape
     from rich.table import Table
 
     gpu = report["config"]["device"].startswith("cuda")
-    t = Table(caption="samples per second (/s); waiting: share of training time blocked on the next batch",
+    by_goodput = report.get("recommended_by") == "goodput"
+    caption = "samples per second (/s); waiting: share of training time blocked on the next batch"
+    if by_goodput:
+        caption += ("; efficiency: what a sample is worth against one at the smallest size; goodput: the "
+                    "end-to-end rate (smoothed) x efficiency")
+    t = Table(caption=caption,
               title=f"batch sizes on {report['config']['device']}: {escape(report['config']['model'])} model, "
                     f"window {report['config']['window']}, horizon {report['config']['horizon']}, "
                     f"{report['dataset']['features']} features", title_justify="left")
     for name in ("batch", "status", "loader/s", "loader GB/s", "train/s", "waiting", "DataLoader/s",
-                 "× DataLoader", "peak host", *(("peak device",) if gpu else ()), "iters/epoch", "note"):
+                 "× DataLoader", "peak host", *(("peak device",) if gpu else ()), "iters/epoch",
+                 *(("efficiency", "goodput/s") if by_goodput else ()), "note"):
         t.add_column(name, justify="left" if name in ("status", "note") else "right", no_wrap=name == "note")
     notes = _notes(report)
     for r in report["results"]:
@@ -106,7 +116,9 @@ def table(report: dict[str, Any]):
             str(r["batch_size"]), f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
             rate(r.get("loader_samples_per_sec")), gbps, rate(r.get("train_samples_per_sec")), waiting,
             dataloader, speedup, format_bytes(r.get("peak_host_bytes")), *device_peak,
-            str(r.get("iterations_per_epoch") or "-"), note,
+            str(r.get("iterations_per_epoch") or "-"),
+            *((f"{r['statistical_efficiency']:.2f}" if r.get("statistical_efficiency") else "-",
+               rate(r.get("goodput"))) if by_goodput else ()), note,
             style="bold" if "recommended" in notes.get(r["batch_size"], []) else None,
         )
     return t
@@ -134,6 +146,8 @@ def summary(report: dict[str, Any]) -> list[str]:
     if failed:
         lines.append("failed trials (not recommended; with --out, their logs are in trial-logs/): " + "; ".join(
             f"{r['batch_size']} {r['status']}" + (f" ({r['error'][:100]})" if r.get("error") else "") for r in failed))
+    if report.get("noise_scale"):
+        lines.append(noise_text(report["noise_scale"]))
     if rec.get("recommended_batch_size"):
         lines.append(
             f"recommended batch size: {rec['recommended_batch_size']} "
@@ -141,6 +155,7 @@ def summary(report: dict[str, Any]) -> list[str]:
             f"{rate(rec['best_train_samples_per_sec'])} samples/s at {rec['best_batch_size']}); "
             f"largest safe: {rec['largest_safe_batch_size']}"
         )
+        lines.append(chosen_by_text(report))
     elif report.get("interrupted"):
         lines.append("recommended batch size: none (the sweep was interrupted)")
     else:
@@ -148,6 +163,35 @@ def summary(report: dict[str, Any]) -> list[str]:
     if report.get("lr_scaling"):
         lines.append(report["lr_scaling"])
     return lines
+
+
+def noise_text(noise: dict[str, Any]) -> str:
+    """The measured gradient noise scale: the value used, its interval, and its course over the short training."""
+    low, high = noise["interval"]
+    course = ", ".join("-" if b is None else f"{b:.3g}" for b in noise["b_simple_over_training"])
+    losses = [loss for loss in noise.get("loss_over_training") or [] if loss is not None]
+    fall = f"; loss {losses[0]:.3g} -> {losses[-1]:.3g}" if len(losses) > 1 else ""
+    return (f"gradient noise scale B_simple: {noise['b_simple']:.3g} (90% interval {low:.3g} to "
+            f"{'unbounded' if high is None else format(high, '.3g')}, {noise['samples']} windows), measured after "
+            f"{noise['used_step']} training steps of {noise['train_batch_size']} at lr {noise['lr']:g}; "
+            f"at steps {', '.join(map(str, noise['at_step']))}: {course}{fall}")
+
+
+def chosen_by_text(report: dict[str, Any]) -> str:
+    """How the recommendation was chosen, and what throughput alone would have chosen."""
+    if report.get("recommended_by") != "goodput":
+        return (f"chosen by throughput alone (goodput not measured: {report.get('recommended_by_reason')}): "
+                "the smallest size within 95% of the best end-to-end rate")
+    g = report["goodput"]
+    text = (f"chosen by goodput: the highest end-to-end samples/s x statistical efficiency at B_noise "
+            f"{g['b_noise']:.3g}")
+    if report["oom_boundary"].get("reached"):
+        text += f" among sizes at most {SAFE_FRACTION:.0%} of the largest that fits"
+    text += "; "
+    if g["throughput_batch_size"] == g["batch_size"]:
+        return text + "throughput alone chooses the same size"
+    return (text + f"throughput alone would choose {g['throughput_batch_size']}, predicted to take "
+            f"{1 + g['throughput_choice_slower_by']:.2f}x as long to reach the same loss")
 
 
 def boundary_text(boundary: dict[str, Any]) -> str:
@@ -176,7 +220,7 @@ def boundary_text(boundary: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], out_dir: str) -> list[str]:
-    """Write ``throughput.png`` and ``memory.png`` into ``out_dir``; return their paths."""
+    """Write ``throughput.png``, ``memory.png`` and (goodput measured) ``goodput.png``; return their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,7 +265,30 @@ def plot(report: dict[str, Any], out_dir: str) -> list[str]:
         ax.plot(oom, [top] * len(oom), "x", color="tab:red", label="out of memory")
     _log_axes(ax, y_log=False)
     _finish(fig, ax, boundary, sizes, "GiB", title, paths[1], y_from_zero=True)
+    if report.get("recommended_by") == "goodput":
+        paths.append(os.path.join(out_dir, "goodput.png"))
+        _plot_goodput(report, sizes, title, paths[-1])
     return paths
+
+
+def _plot_goodput(report: dict[str, Any], sizes: list[int], title: str, path: str) -> None:
+    """End-to-end samples/s and goodput against batch size, both choices and the boundary marked."""
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in report["results"] if r["status"] == "ok" and r.get("goodput")]
+    g = report["goodput"]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    ax.plot([r["batch_size"] for r in ok], [r["train_samples_per_sec"] for r in ok], "s-", markersize=4,
+            label="end-to-end samples / s (throughput)")
+    ax.plot([r["batch_size"] for r in ok], [r["goodput"] for r in ok], "o-", markersize=4,
+            label=f"goodput: throughput x efficiency (B_noise {g['b_noise']:.3g})")
+    ax.axvline(g["batch_size"], color="tab:green", linestyle=":", label=f"recommended by goodput ({g['batch_size']})")
+    if g["throughput_batch_size"] != g["batch_size"]:
+        ax.axvline(g["throughput_batch_size"], color="tab:gray", linestyle="-.",
+                   label=f"throughput alone ({g['throughput_batch_size']}, "
+                         f"{1 + g['throughput_choice_slower_by']:.2f}x the time to a loss)")
+    _log_axes(ax)
+    _finish(fig, ax, report["oom_boundary"], sizes, "samples / s", title, path)
 
 
 def _finish(fig, ax, boundary: dict[str, Any], sizes: list[int], ylabel: str, title: str, path,
@@ -263,7 +330,7 @@ def _log_axes(ax, y_log: bool = True) -> None:
 
 
 def write_all(report: dict[str, Any], out_dir: str) -> list[str]:
-    """``results.json``, ``results.csv`` and the two plots in ``out_dir`` (created if need be)."""
+    """``results.json``, ``results.csv`` and the plots in ``out_dir`` (created if need be)."""
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, "results.json"), os.path.join(out_dir, "results.csv")]
     write_json(report, paths[0])

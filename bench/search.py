@@ -246,15 +246,3 @@ def recommend(results: list[dict[str, Any]], boundary: dict[str, Any]) -> dict[s
         "rule": f"smallest batch size within {NEAR_BEST:.0%} of the best end-to-end rate (lone outliers "
                 f"filtered), at most {SAFE_FRACTION:.0%} of the largest size that fits",
     }
-
-
-def lr_scaling_note(recommended: int | None, reference: int = 32) -> str:
-    """How to carry a learning rate tuned at ``reference`` over to ``recommended``."""
-    if not recommended:
-        return ""
-    k = recommended / reference
-    return (
-        f"Learning rate: if yours was tuned at batch size {reference}, scale it for {recommended} by "
-        f"{k:.3g}x (linear rule, for SGD; with a few epochs of warm-up) or by {math.sqrt(k):.3g}x "
-        f"(square-root rule, for Adam-like optimisers); confirm with a short run."
-    )

@@ -27,8 +27,15 @@ def test_quick_run_writes_every_output(tmp_path):
     assert report["oom_boundary"]["largest_ok"] is None and report["oom_boundary"]["smallest_oom"] is None
     assert report["recommended_batch_size"] in sizes
     assert report["baseline"] and report["hardware"]["memcpy_bytes_per_sec"] > 0
-    for name in ("results.csv", "throughput.png", "memory.png"):
+    for name in ("results.csv", "throughput.png", "memory.png", "goodput.png"):
         assert (tmp_path / name).stat().st_size > 0
+    # After the sweep, the noise scale over a short training picks the size of highest goodput.
+    noise = report["noise_scale"]
+    assert noise["b_simple"] > 0 and noise["at_step"][0] == 0 and len(noise["b_simple_over_training"]) >= 2
+    assert report["recommended_by"] == "goodput" and report["throughput_batch_size"] in sizes
+    best = max(report["results"], key=lambda r: r["goodput"])
+    assert report["recommended_batch_size"] == best["batch_size"]
+    assert "chosen by goodput" in proc.stdout and "gradient noise scale" in proc.stdout
 
 
 @pytest.mark.slow

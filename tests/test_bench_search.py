@@ -4,7 +4,7 @@ import pytest
 
 from bench.config import powers_of_two
 from bench.search import (
-    MAX_BOUNDARY_TRIALS, MAX_FAILURES_IN_A_ROW, MemoryModel, close_enough, lr_scaling_note, recommend, search,
+    MAX_BOUNDARY_TRIALS, MAX_FAILURES_IN_A_ROW, MemoryModel, close_enough, recommend, search,
 )
 
 
@@ -236,12 +236,6 @@ def test_a_curve_still_rising_at_its_end_keeps_its_last_point():
 def test_recommendation_ignores_failed_trials():
     results = rows({32: 500.0, 64: 600.0, 128: None}, statuses={128: "oom"})
     assert recommend(results, {"reached": False})["recommended_batch_size"] == 64
-
-
-def test_lr_note_gives_both_rules():
-    note = lr_scaling_note(128)
-    assert "4x" in note and "2x" in note and "linear" in note and "square-root" in note
-    assert lr_scaling_note(None) == ""
 
 
 def test_max_trials_bounds_a_pathological_search():
