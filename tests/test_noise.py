@@ -380,6 +380,22 @@ def test_a_non_finite_step_is_skipped_and_counted():
     assert (gns.skipped, gns.updates) == (1, 3) and gns.grad_sq != before[0]
 
 
+@pytest.mark.parametrize("parts", [1, 2])
+def test_every_third_step_updates_from_that_step_alone(parts):
+    model, batches, *_ = regression(4, 1.0, 1.0, n_batches=9, batch_size=32)
+    gns = fb.GradientNoiseScale(model, beta=0.5, every=3)
+    train_steps(model, gns, batches, parts=parts)
+    assert gns.updates == 3
+    # Each update is that of steps 2-3, 5-6 and 8-9 alone (differenced) or of 3, 6 and 9 (micro-batches).
+    each = []
+    for end in (3, 6, 9):
+        alone = fb.GradientNoiseScale(model)
+        train_steps(model, alone, batches[end - 2:end] if parts == 1 else batches[end - 1:end], parts=parts)
+        each.append((alone.grad_sq, alone.trace_cov))
+    assert gns.grad_sq == pytest.approx(ema([e[0] for e in each], 0.5), rel=1e-6)
+    assert gns.trace_cov == pytest.approx(ema([e[1] for e in each], 0.5), rel=1e-6)
+
+
 def test_switching_estimators_restarts_the_averages():
     model, batches, *_ = regression(4, 1.0, 1.0, n_batches=6, batch_size=32)
     gns = fb.GradientNoiseScale(model)
@@ -430,14 +446,15 @@ def test_state_dict_resumes_the_averages(parts):
         (lambda m: fb.GradientNoiseScale(nn.ReLU()), ValueError, "model has no parameters that require grad"),
         (lambda m: fb.GradientNoiseScale(m, beta=1.0), ValueError, r"beta must be a number in \[0, 1\), got beta=1.0"),
         (lambda m: fb.GradientNoiseScale(m, beta="0.9"), ValueError, "beta must be a number in .* got beta='0.9'"),
+        (lambda m: fb.GradientNoiseScale(m, every=0), ValueError, "every must be an integer >= 1, got every=0"),
         (lambda m: fb.GradientNoiseScale(m).step(0), ValueError, "batch_size must be an integer >= 1, got batch_size=0"),
         (lambda m: fb.GradientNoiseScale(m).step(8.0), TypeError, "batch_size must be an integer >= 1, got 8.0"),
         (lambda m: fb.GradientNoiseScale(m).step(8, loss_scale=0), ValueError, "loss_scale must be a number > 0, got "
                                                                                 "loss_scale=0"),
         (lambda m: fb.GradientNoiseScale(m).load_state_dict({"ema": [1, 2, 3]}), ValueError,
-         r"state must be a dict with keys \['attempts', 'biased', 'ema', 'skipped', 'version'\], got \['ema'\]"),
+         r"state must be a dict with keys \['attempts', 'biased', 'ema', 'skipped', 'steps', 'version'\], got \['ema'\]"),
         (lambda m: fb.GradientNoiseScale(m).load_state_dict(
-            {"version": 2, "biased": False, "ema": [0, 0, 0], "attempts": 0, "skipped": 0}),
+            {"version": 2, "biased": False, "ema": [0, 0, 0], "attempts": 0, "skipped": 0, "steps": 0}),
          ValueError, r"state\['version'\] must be 1, got 2"),
     ],
 )

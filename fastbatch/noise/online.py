@@ -67,6 +67,11 @@ class GradientNoiseScale:
         Decay of the exponential moving averages of ``|G|²`` and ``tr(Σ)``,
         per update: they weigh about the last ``1 / (1 - beta)`` steps, and
         are bias-corrected (divided by ``1 - beta**updates``) as in Adam.
+    every : int, default 1
+        Update on one step in ``every``: the others cost a counter (and, for
+        the differenced estimator, the step just before an update one copy of
+        the gradient). The averages then span ``every / (1 - beta)`` steps.
+        For when the overhead matters more than the averages' noise.
     process_group : optional
         The DDP process group (default: the global one).
 
@@ -82,7 +87,7 @@ class GradientNoiseScale:
         Ranks the small batches come from (1 without DDP).
     """
 
-    def __init__(self, model: nn.Module, *, beta: float = 0.99, process_group: Any = None) -> None:
+    def __init__(self, model: nn.Module, *, beta: float = 0.99, every: int = 1, process_group: Any = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {_show(model)} of type {type(model).__name__}")
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
@@ -92,6 +97,8 @@ class GradientNoiseScale:
             raise ValueError(f"model has no parameters that require grad (model={type(model).__name__}): "
                              "there is no gradient to measure")
         self.beta = float(beta)
+        self.every = check_int("every", every, minimum=1)
+        self._steps = 0  # step() calls
         self._group = process_group
         distributed = dist.is_available() and dist.is_initialized()
         self.world_size = dist.get_world_size(process_group) if distributed else 1
@@ -114,8 +121,8 @@ class GradientNoiseScale:
 
     def accumulate(self) -> None:
         """Record the micro-batch whose backward pass just ran (gradient accumulation)."""
-        if self.world_size > 1:
-            return  # the hooks see each backward pass
+        if self.world_size > 1 or not self._updating():
+            return  # the hooks see each backward pass; or this step is not measured
         grads, buffer = self._grads(), self._gradient_buffer()
         if self._parts == 0:
             # If this turns out to be the step's only part, step() falls back to the
@@ -146,14 +153,24 @@ class GradientNoiseScale:
         batch_size = check_int("batch_size", batch_size, minimum=1)
         if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float)) or not loss_scale > 0:
             raise ValueError(f"loss_scale must be a number > 0, got loss_scale={_show(loss_scale)}")
-        grads = self._grads()
-        if self.world_size > 1:
-            self._step_ranks(grads, batch_size, loss_scale)
-        elif self._parts >= 2:
-            self._step_parts(grads, batch_size, loss_scale)
+        phase = self._steps % self.every
+        if phase == self.every - 1:
+            grads = self._grads()
+            if self.world_size > 1:
+                self._step_ranks(grads, batch_size, loss_scale)
+            elif self._parts >= 2:
+                self._step_parts(grads, batch_size, loss_scale)
+            else:
+                self._step_differenced(grads, batch_size)
+        elif phase == self.every - 2 and self.world_size == 1:  # the differenced estimator's previous step
+            self._gradient_buffer().copy_(self._grads())
+            self._buffer_is_step = True
         else:
-            self._step_differenced(grads, batch_size)
+            self._buffer_is_step = False
+        self._steps += 1
         self._parts, self._parts_sq = 0, None
+        if self.world_size > 1:
+            self._fired = [0] * len(self._params)
 
     def close(self) -> None:
         """Remove the backward hooks (DDP only); the estimates stay readable."""
@@ -199,11 +216,11 @@ class GradientNoiseScale:
         """
         ema = [0.0, 0.0, 0.0] if self._ema is None else self._ema.tolist()
         return {"version": STATE_VERSION, "biased": self.biased, "ema": ema, "attempts": self._updates,
-                "skipped": self.skipped}
+                "skipped": self.skipped, "steps": self._steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
-        expected = {"version", "biased", "ema", "attempts", "skipped"}
+        expected = {"version", "biased", "ema", "attempts", "skipped", "steps"}
         if not isinstance(state, dict) or set(state) != expected:
             keys = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"state must be a dict with keys {sorted(expected)}, got {keys}")
@@ -214,11 +231,16 @@ class GradientNoiseScale:
             raise ValueError(f"state['ema'] must hold 3 numbers, got {state['ema']!r}")
         self._ema = ema
         self._updates = int(state["attempts"])
+        self._steps = int(state["steps"])
         self._finite = torch.tensor(self._updates - int(state["skipped"]), dtype=torch.float64)
         self.biased = bool(state["biased"])
         self._buffer_is_step = False
 
     # -- internals ----------------------------------------------------------------------------------
+
+    def _updating(self) -> bool:
+        """Whether the coming step() updates the averages."""
+        return self._steps % self.every == self.every - 1
 
     def _grads(self) -> list[torch.Tensor]:
         grads = [p.grad for p in self._params]
@@ -253,7 +275,6 @@ class GradientNoiseScale:
         # A part contributes its mean gradient / parts (the accumulation convention), hence parts².
         combine = ((parts**2 / pieces / loss_scale**2, 0.0), (0.0, 1.0))
         self._update(torch.stack([local, self._big(grads)]), combine, batch_size / parts, pieces, biased=False)
-        self._fired = [0] * len(self._params)
 
     def _step_parts(self, grads, batch_size: int, loss_scale: float) -> None:
         parts = self._parts
@@ -319,6 +340,8 @@ class GradientNoiseScale:
     def _hook_for(self, index: int):
         def hook(grad: torch.Tensor) -> None:
             # Runs before DDP's all-reduce: grad is this rank's own gradient for this backward pass.
+            if not self._updating():
+                return
             sq = squared_norms([grad.detach()])[0]
             self._parts_sq = sq if self._parts_sq is None else self._parts_sq + sq.to(self._parts_sq.device)
             self._fired[index] += 1
