@@ -486,3 +486,17 @@ def test_parameters_of_two_dtypes_are_measured_as_in_float64():
         train_steps(model, gns, batches)
         figures.append((gns.grad_sq, gns.trace_cov))
     assert figures[0] == pytest.approx(figures[1], rel=1e-5)
+
+
+def test_the_examples_of_docs_batch_size_run(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+    import re
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "batch-size.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", page, flags=re.M | re.S)
+    assert len(blocks) == 3
+    monkeypatch.chdir(tmp_path)
+    for index, block in enumerate(blocks):
+        exec(compile(block, f"docs/batch-size.md block {index}", "exec"), {"__name__": "__docs__"})
+    printed = capsys.readouterr().out
+    assert "B_simple = " in printed and printed.rstrip().endswith("True")  # the online example's biased flag
