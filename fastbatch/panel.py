@@ -32,6 +32,7 @@ import numpy as np
 
 from fastbatch._checks import _show
 from fastbatch._jit import jit, prange
+from fastbatch.kernels import parallel_kernel, run_parallel
 
 SCALES = (None, "standard", "robust")
 
@@ -236,8 +237,6 @@ class Scaler:
 
 def _column_stats(block: np.ndarray, starts: np.ndarray, rows: np.ndarray, kind: str):
     """``(center, scale)`` per series of ``block``'s first ``rows[s]`` rows of each series."""
-    from fastbatch.kernels import run_parallel
-
     n_series, n_cols = starts.shape[0], block.shape[1]
     center = np.zeros((n_series, n_cols))
     scale = np.ones((n_series, n_cols))
@@ -267,7 +266,7 @@ def _quantile(part, k, q):
     return part[i] + (part[j] - part[i]) * (pos - i)
 
 
-@jit(parallel=True)
+@parallel_kernel
 def series_stats(block, starts, rows, robust, center, scale):
     """Per series ``s`` and column ``c`` of ``block[starts[s] : starts[s] + rows[s]]``, NaN left out.
 
@@ -441,7 +440,7 @@ class PanelArrays(NamedTuple):
     series: np.ndarray  # (n,) int64
 
 
-@jit(parallel=True)
+@parallel_kernel
 def gather_panel_kernel(values, future, static, first_rows, offsets, ids, stride, window, horizon, n_targets,
                         out_past, out_future, out_static, out_target, out_series,
                         center=None, scale=None, future_center=None, future_scale=None):
@@ -519,8 +518,6 @@ def gather(panel: Panel, index: WindowIndex, ids: Any, *, out: PanelArrays | Non
         Check ids and outputs (the kernel does no bounds checks); the loader,
         whose ids are valid by construction, passes ``False``.
     """
-    from fastbatch.kernels import run_parallel
-
     ids = np.ascontiguousarray(ids)
     n = ids.shape[0]
     if check:

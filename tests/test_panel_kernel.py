@@ -162,3 +162,21 @@ def test_scaler_ignores_constant_and_empty_training_parts():
                   PanelTime(np.zeros(2, np.int64), np.ones(2, np.int64)), o)
     sc = Scaler.fit(panel, "standard", np.array([3, 0]))
     assert sc.center.tolist() == [[5.0], [0.0]] and sc.scale.tolist() == [[1.0], [1.0]]
+
+
+def test_serial_twins_in_worker_processes(monkeypatch):
+    """DataLoader workers and forked children run the kernels' serial twins: same windows, same statistics."""
+    from fastbatch import kernels
+
+    rng = np.random.default_rng(1)
+    o = PanelOptions(id="id", time="t", target=("y",), future=("f",), window=3, horizon=2, scale="robust")
+    panel = Panel(rng.normal(size=(30, 1)), rng.normal(size=(30, 1)), np.zeros((2, 0)), np.array([12, 18]),
+                  np.arange(2), PanelTime(np.zeros(2, np.int64), np.ones(2, np.int64)), o)
+    index = windows(panel)
+    want = gather(panel, index, np.arange(len(index)))
+    monkeypatch.setattr(kernels, "_forked_after_launch", True)
+    serial_index = windows(panel)
+    np.testing.assert_array_equal(serial_index.scaler.center, index.scaler.center)
+    got = gather(panel, serial_index, np.arange(len(index)))
+    for name in PanelArrays._fields:
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
