@@ -27,6 +27,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from fastbatch._checks import _show, check_int
+from fastbatch._jit import jit
 from fastbatch.panel import Panel, PanelOptions, PanelTime
 
 FILLS = ("raise", "ffill", "nan")
@@ -658,27 +659,42 @@ def _placement_order(codes: np.ndarray, ticks: np.ndarray, n_series: int) -> np.
     place follows from its time.  Anything else (gaps, duplicates, irregular
     steps) falls back to the sort, whose checks then name the problem.
     """
-    counts = np.bincount(codes, minlength=n_series)
-    lo = np.full(n_series, _INT64_MAX, np.int64)
-    hi = np.full(n_series, np.iinfo(np.int64).min, np.int64)
-    np.minimum.at(lo, codes, ticks)
-    np.maximum.at(hi, codes, ticks)
-    gaps = np.maximum(counts - 1, 1)
-    if ((hi - lo) % gaps).any():
-        return None
-    step = np.maximum((hi - lo) // gaps, 1)
-    offset = ticks - lo[codes]
-    row_step = step[codes]
-    if (offset % row_step).any():
-        return None
-    starts = np.zeros(n_series, np.int64)
-    np.cumsum(counts[:-1], out=starts[1:])
-    dest = starts[codes] + offset // row_step
-    if (dest >= starts[codes] + counts[codes]).any() or not (np.bincount(dest, minlength=codes.shape[0]) == 1).all():
-        return None
     order = np.empty(codes.shape[0], np.int64)
-    order[dest] = np.arange(codes.shape[0])
-    return order
+    return order if _place_rows(codes, ticks, n_series, order) else None
+
+
+@jit()
+def _place_rows(codes, ticks, n_series, order):
+    """:func:`_placement_order`'s two passes over the rows; False as soon as a series is not a complete grid."""
+    counts = np.zeros(n_series, np.int64)
+    lo = np.full(n_series, np.iinfo(np.int64).max, np.int64)
+    hi = np.full(n_series, np.iinfo(np.int64).min, np.int64)
+    for r in range(codes.shape[0]):
+        c = codes[r]
+        counts[c] += 1
+        lo[c] = min(lo[c], ticks[r])
+        hi[c] = max(hi[c], ticks[r])
+    starts = np.zeros(n_series, np.int64)
+    step = np.ones(n_series, np.int64)
+    for c in range(n_series):
+        if c > 0:
+            starts[c] = starts[c - 1] + counts[c - 1]
+        gaps = max(counts[c] - 1, 1)
+        if (hi[c] - lo[c]) % gaps != 0:
+            return False
+        step[c] = max((hi[c] - lo[c]) // gaps, 1)
+    filled = np.zeros(codes.shape[0], np.bool_)
+    for r in range(codes.shape[0]):
+        c = codes[r]
+        offset = ticks[r] - lo[c]
+        if offset % step[c] != 0 or offset // step[c] >= counts[c]:
+            return False
+        d = starts[c] + offset // step[c]
+        if filled[d]:
+            return False
+        filled[d] = True
+        order[d] = r
+    return True
 
 
 def _step_ticks(step: Any, axis: PanelTime) -> int:
