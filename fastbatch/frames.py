@@ -791,7 +791,7 @@ def from_parquet(path: Any, *, cache: bool | str = "auto", cache_dir: Any = None
     if not (target / "meta.json").exists():
         schema = _read_ipc(files[0]).schema if ipc else _parquet(files[0]).schema_arrow
         _convert(_batches(files, ipc, columns, batch_rows), schema, o, target)
-    return _load_cache(target, o)
+    return load_cache(target, o)
 
 
 def _data_files(path: Any) -> tuple[list[Path], bool]:
@@ -1010,7 +1010,9 @@ def _convert(batches: Iterator[Any], schema: Any, o: PanelOptions, target: Path)
         raise
 
 
-def _load_cache(folder: Path, o: PanelOptions) -> Panel:
+def load_cache(folder: Any, o: PanelOptions) -> Panel:
+    """The panel converted into ``folder`` by :func:`from_parquet`, its arrays memory-mapped."""
+    folder = Path(folder)
     meta = json.loads((folder / "meta.json").read_text())
     with open(folder / "ids.pkl", "rb") as fh:
         ids = pickle.load(fh)  # written by _convert above, never user input
@@ -1023,4 +1025,4 @@ def _load_cache(folder: Path, o: PanelOptions) -> Panel:
 
     time = PanelTime(np.load(folder / "start.npy"), np.load(folder / "step.npy"), meta["unit"], meta["tz"])
     return Panel(mapped("values"), mapped("future"), mapped("static"), np.load(folder / "lengths.npy"), ids, time,
-                 o, meta["skipped"])
+                 o, meta["skipped"], source=str(folder))

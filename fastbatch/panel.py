@@ -130,6 +130,11 @@ class Panel:
         The options the panel was built with.
     skipped:
         The number of series left out for being shorter than ``window + horizon``.
+    source:
+        The cache folder the arrays are memory-mapped from
+        (:func:`fastbatch.frames.from_parquet`), else ``None``.  Pickling such
+        a panel (DataLoader workers) maps the folder again instead of copying
+        the data.
     """
 
     values: np.ndarray
@@ -140,6 +145,14 @@ class Panel:
     time: PanelTime
     options: PanelOptions
     skipped: int = 0
+    source: str | None = None
+
+    def __reduce_ex__(self, protocol):
+        if self.source is not None:
+            from fastbatch.frames import load_cache
+
+            return (load_cache, (self.source, self.options))
+        return super().__reduce_ex__(protocol)
 
     @property
     def n_series(self) -> int:

@@ -284,6 +284,14 @@ def test_parquet_cache_equals_the_frame_and_is_reused(tmp_path, monkeypatch):
     cached = frames.from_parquet(tmp_path / "data.parquet", cache=True, batch_rows=256, **FILE_OPTIONS)
     assert isinstance(cached.values, np.memmap) and not cached.values.flags.writeable
     assert_same_panel(cached, want)
+    # Worker processes get the folder's name, not a copy of the data.
+    import pickle
+
+    pickled = pickle.dumps(cached)
+    assert len(pickled) < cached.values.nbytes / 10
+    again = pickle.loads(pickled)
+    assert isinstance(again.values, np.memmap)
+    assert_same_panel(again, want)
     # The second run maps the cache without converting again.
     monkeypatch.setattr(frames, "_convert", lambda *a, **k: pytest.fail("converted again"))
     assert_same_panel(frames.from_parquet(tmp_path / "data.parquet", cache=True, **FILE_OPTIONS), want)
