@@ -199,6 +199,7 @@ class WindowLoader:
         self.dtype, self._gather_dtype = _batch_dtypes(dtype, windows)
         check_nan = check_bool("check_nan", check_nan)
         normalize = check_normalize(normalize, windows.n_features, self._gather_dtype)
+        placement = windows._check_loader(normalize=normalize, placement=placement, gather_dtype=self._gather_dtype)
         self.placement = choose_placement(placement, self.device, windows)
         # Every argument is checked above; the passes over the data come last.
         if check_nan:

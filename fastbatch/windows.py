@@ -307,6 +307,52 @@ class SlidingWindows:
         return [a[:, None] if self.univariate else a for a in arrays]
 
     @classmethod
+    def from_frame(cls, frame: Any, *, id: Any, time: str, target: Any, past: Any = (), future: Any = (),
+                   static: Any = (), window: int, horizon: int = 1, stride: int = 1, scale: str | None = None,
+                   fill: str = "raise", dtype: Any = "float32", step: Any = None,
+                   return_series_id: bool = False) -> "SlidingWindows":
+        """Windows over a long-format table: one row per (series, time step), a target, covariates.
+
+        ``frame`` is a pandas or polars DataFrame or a pyarrow Table (the
+        ``fastbatch[frames]`` extra).  ``id``: the series id column(s), or
+        ``None`` for one series; ``time``: integers or timestamps, regular
+        within each series; ``target``: a column or a list; ``past``: observed
+        covariates (known up to the forecast start); ``future``: known
+        covariates (over the window and the horizon); ``static``: constant per
+        series (numbers, or categories as integer codes); ``scale``: ``None``,
+        ``"standard"`` or ``"robust"``, per series, fused into the gather;
+        ``fill``: ``"raise"`` (default) on a missing time step, ``"ffill"`` or
+        ``"nan"``.  With covariates a batch is a ``PanelBatch`` (``past``,
+        ``future``, ``static``, ``target``, ``series``); without, the plain
+        ``(x, y[, series])``.  See docs/frames.md.
+        """
+        from fastbatch import frames
+        from fastbatch.frame_windows import from_table
+
+        return_series_id = check_bool("return_series_id", return_series_id)
+        panel = frames.from_frame(frame, id=id, time=time, target=target, past=past, future=future, static=static,
+                                  window=window, horizon=horizon, stride=stride, fill=fill, scale=scale,
+                                  dtype=dtype, step=step)
+        return from_table(panel, return_series_id)
+
+    @classmethod
+    def from_parquet(cls, path: Any, *, cache: Any = "auto", cache_dir: Any = None, return_series_id: bool = False,
+                     **options: Any) -> "SlidingWindows":
+        """:meth:`from_frame` over a Parquet file or folder, or an Arrow IPC/Feather file (memory-mapped).
+
+        Data larger than a quarter of the available memory (``cache="auto"``)
+        is converted once into memory-mapped ``.npy`` files in a cache beside
+        the data (or in ``cache_dir``), keyed by the files and the options,
+        and reused on the next run.  ``options`` are :meth:`from_frame`'s.
+        """
+        from fastbatch import frames
+        from fastbatch.frame_windows import from_table
+
+        return_series_id = check_bool("return_series_id", return_series_id)
+        panel = frames.from_parquet(path, cache=cache, cache_dir=cache_dir, **options)
+        return from_table(panel, return_series_id)
+
+    @classmethod
     def from_npy(cls, path: Any, **kwargs: Any) -> "SlidingWindows":
         """Windows over a ``.npy`` file opened with ``np.load(path, mmap_mode="r")``: nothing is loaded.
 
@@ -512,6 +558,10 @@ class SlidingWindows:
 
     #: What a batch's tuple of fields becomes (``None``: the tuple itself).
     _batch_type = None
+
+    def _check_loader(self, *, normalize: Any, placement: str, gather_dtype: np.dtype) -> str:
+        """Refuse loader options these windows cannot take (naming them); the placement to use."""
+        return placement
 
     # -- gather ---------------------------------------------------------------
     def kernel_data(self) -> np.ndarray:
