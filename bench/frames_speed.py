@@ -43,6 +43,9 @@ import warnings
 
 import numpy as np
 
+from bench.hardware import cpu_model
+from bench.outofcore import status_kib
+
 UNKNOWN = ["y", "obs1", "obs2"]  # target first, then the observed covariates
 KNOWN = ["known1", "known2", "known3"]
 STATIC = ["static1"]
@@ -124,13 +127,6 @@ def compare(ds, w, ids) -> int:
 # -- one side, in a child process ------------------------------------------------
 
 
-def _status_kib(field: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
 def _reset_peak() -> int:
     """Resets the peak resident set to the current one (Linux 4.0+); returns the resident set in KiB."""
     import gc
@@ -138,7 +134,7 @@ def _reset_peak() -> int:
     gc.collect()
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
-    return _status_kib("VmRSS")
+    return status_kib("VmRSS")
 
 
 def run_side(side: str, args: argparse.Namespace) -> dict:
@@ -176,7 +172,7 @@ def run_side(side: str, args: argparse.Namespace) -> dict:
             break
     seconds = time.perf_counter() - t0
     del it
-    peak = _status_kib("VmHWM") - base
+    peak = status_kib("VmHWM") - base
     result = {"side": side, "windows": n_windows, "build_s": build, "windows_per_s": count / seconds,
               "timed_windows": count, "timed_s": seconds, "peak_growth_mib": peak / 1024,
               "frame_rss_mib": base / 1024}
@@ -191,17 +187,9 @@ def run_side(side: str, args: argparse.Namespace) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import psutil
 
-    return (f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
             f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
 
 
@@ -248,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_side(args.side, args)))
         return 0
     argv = sys.argv[1:] if argv is None else argv
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the start (other work shares it)")
     print(f"frame: {args.series:,} series x {args.steps:,} steps ({args.series * args.steps:,} rows), "
           f"2 observed, 3 known, 1 static covariate; T={args.window}, H={args.horizon}, B={args.batch_size}, "
           "shuffled; each side in its own child process, one after the other")
@@ -264,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"values: {ptf['checked_windows']:,} windows identical field by field (past, future, static, "
               "target, series)")
     print("\n".join(report(fast, ptf)))
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
     return 0
 
 
