@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["README.md", "docs/windows.md", "docs/loader.md", "docs/index.md"]
+PAGES = ["README.md", "docs/windows.md", "docs/loader.md", "docs/index.md", "docs/frames.md"]
 
 
 def blocks(page: str) -> list[str]:
