@@ -16,7 +16,6 @@ import itertools
 import secrets
 import threading
 import weakref
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -59,18 +58,29 @@ def _chunk_batches(batch_bytes: int, n_batches: int, device_resident: bool) -> i
     return max(1, min(n_batches, wanted))
 
 
-@dataclass
 class _Progress:
     """Where the latest epoch iterator is; kept by the loader so state_dict outlives the iterator.
 
-    ``position`` counts batches handed out, ``windows`` the windows in them
-    (they differ from ``position * batch_size`` once the batch size changed
-    mid-epoch).
+    ``position`` counts batches handed out; ``windows`` the windows in them,
+    which differ from ``position * batch_size`` once the batch size changed
+    mid-epoch.  It is derived from the chunk being handed out (its first
+    window, the position it started at, its size), so ``next()`` only counts.
     """
 
-    epoch: int
-    position: int
-    windows: int
+    __slots__ = ("epoch", "position", "_base_windows", "_base_position", "_batch_size", "_limit")
+
+    def __init__(self, epoch: int, position: int, windows: int) -> None:
+        self.epoch, self.position = epoch, position
+        self.at_chunk(windows, windows, 1)
+
+    def at_chunk(self, start: int, stop: int, batch_size: int) -> None:
+        """The next batches come from the chunk of windows ``start:stop``, ``batch_size`` each."""
+        self._base_windows, self._base_position = start, self.position
+        self._batch_size, self._limit = batch_size, stop
+
+    @property
+    def windows(self) -> int:
+        return min(self._base_windows + (self.position - self._base_position) * self._batch_size, self._limit)
 
 
 class WindowLoader:
@@ -528,7 +538,9 @@ class _EpochIterator:
                 return
             self._batches = iter(())
             _close_chunks(self._chunks)
-            self._use(make_producer(self._progress.windows))
+            windows = self._progress.windows
+            self._progress.at_chunk(windows, windows, 1)
+            self._use(make_producer(windows))
 
     @property
     def position(self) -> int:
@@ -559,7 +571,6 @@ class _EpochIterator:
                     self.close(superseded=self._superseded)
                     raise
             self._progress.position += 1
-            self._progress.windows += int(batch[0].shape[0])
             return batch
 
     def _next_chunk(self):
@@ -587,6 +598,7 @@ class _EpochIterator:
                 # allocator from reusing the memory before that use is done.
                 field.record_stream(stream)
         self._batches = batches(chunk, self._batch_size, self._batch_type)
+        self._progress.at_chunk(chunk.start, chunk.start + chunk.n, self._batch_size)
         return next(self._batches)
 
     def _raise_closed(self):
