@@ -226,7 +226,6 @@ class WindowLoader:
         self._path = "resident" if self.placement == "device" else ("pinned" if self.device.type == "cuda" else "cpu")
         self._size_batches(self.batch_size)
         self._store = _StagingStore()
-        self._threads_lock = threading.Lock()
         self._device_windows: DeviceWindows | None = None
         self._active: weakref.ref | None = None
 
