@@ -327,7 +327,8 @@ def test_out_replaced_by_a_file_mid_sweep_is_one_error_and_the_results_are_kept(
         out.write_text("not a folder any more")
 
     fake_sweep(monkeypatch, during=replace_with_a_file)
-    assert cli.main(["--device", "cpu", "--series-length", "600", "--batch-sizes", "4,8", "--out", str(out)]) == 2
+    assert cli.main(["--device", "cpu", "--series-length", "600", "--batch-sizes", "4,8", "--no-goodput",
+                     "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     line, = [line for line in err.splitlines() if line.startswith("error: --out")]
