@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.config import BenchConfig, format_bytes, powers_of_two
 from bench import goodput
-from bench.search import recommend, search, smoothed_rates
+from bench.search import SAFE_FRACTION, recommend, search, smoothed_rates
 
 
 class BenchError(ValueError):
@@ -300,12 +300,15 @@ def build_report(config: BenchConfig, hw: dict[str, Any], dataset: dict[str, Any
     recommended, by, reason = by_throughput, "throughput" if by_throughput else None, noise_reason
     chosen = goodput.apply_goodput(rows, boundary, noise["b_simple"]) if noise and by_throughput else None
     if interrupted:
-        reason = "the sweep was interrupted"
+        reason = "interrupted"
     elif chosen and chosen["goodput_batch_size"]:
         recommended, by, reason = chosen["goodput_batch_size"], "goodput", None
         rates = smoothed_rates([r for r in rows if r["status"] == "ok" and r.get("train_samples_per_sec")])
         recommendation.update(recommended_batch_size=recommended,
-                              recommended_fraction_of_best=rates[recommended] / recommendation["best_train_samples_per_sec"])
+                              recommended_fraction_of_best=rates[recommended] / recommendation["best_train_samples_per_sec"],
+                              throughput_rule=recommendation["rule"],
+                              rule="highest goodput (end-to-end samples/s, lone outliers filtered, x statistical "
+                                   f"efficiency), at most {SAFE_FRACTION:.0%} of the largest size that fits")
     recommendation["throughput_batch_size"] = by_throughput
     rates_for = goodput.learning_rates(noise, tuple(config.reference_lr), recommended) if recommended else None
     return {

@@ -105,6 +105,7 @@ def test_results_json_holds_the_goodput_contract(tmp_path):
     assert {"b_simple", "interval", "samples", "at_step", "b_simple_over_training"} <= set(data["noise_scale"])
     assert len(data["noise_scale"]["at_step"]) == len(data["noise_scale"]["b_simple_over_training"])
     assert data["recommended_by"] == "goodput" and data["throughput_batch_size"] == 1024
+    assert data["recommendation"]["rule"].startswith("highest goodput") and "95%" in data["recommendation"]["throughput_rule"]
     assert all({"statistical_efficiency", "goodput"} <= set(row) for row in data["results"])
     png = (tmp_path / "goodput.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
