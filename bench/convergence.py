@@ -276,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.cli import _fraction, _Parser, _integer, _reference_lr, _seconds, _wrap
     from bench.config import parse_batch_sizes
 
-    p = _Parser(prog="python -m bench.convergence", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m bench.convergence", description="Does the goodput recommendation of python -m bench reach a target "
+                "validation loss soonest?  Trains at each batch size to the target and compares (slow; minutes). "
+                "See docs/batch-size.md.")
     p.add_argument("--datasets", default="co2,ar1", type=_wrap(_names, "data sets"),
                    help="co2 (weekly CO2, examples/data) and/or ar1 (synthetic) (default co2,ar1)")
     p.add_argument("--batch-sizes", type=_wrap(parse_batch_sizes, "batch sizes"), default=[4, 16, 64, 256, 1024],
