@@ -789,6 +789,8 @@ def from_parquet(path: Any, *, cache: bool | str = "auto", cache_dir: Any = None
     folder = Path(cache_dir) if cache_dir is not None else root / ".fastbatch-cache"
     target = folder / _cache_key(files, root, o)
     if not (target / "meta.json").exists():
+        for f in files:  # every column there before any conversion starts
+            _present(f, columns, ipc)
         schema = _read_ipc(files[0]).schema if ipc else _parquet(files[0]).schema_arrow
         _convert(_batches(files, ipc, columns, batch_rows), schema, o, target)
     return load_cache(target, o)
@@ -894,10 +896,22 @@ def _series_blocks(batches: Iterator[Any], id: Any) -> Iterator[Any]:
         if cut == 0:
             carry = table
             continue
+        if names and same[:cut].any():
+            # The series carried over also has rows before the cut: its rows are not together.
+            raise ValueError(_SCATTERED.format(_block_id(table, names, last)))
         carry = table.slice(cut)
         yield _check_new_series(table.slice(0, cut), names, seen)
     if carry is not None and carry.num_rows:
         yield _check_new_series(carry, names, seen)
+
+
+_SCATTERED = ("series {!r} appears in two separate places of the data: the out-of-core conversion reads series "
+              "by series, so sort the data by id (and time) or pass cache=False to read it into memory")
+
+
+def _block_id(table: Any, names: Sequence[str], row: int) -> Any:
+    values = tuple(table.column(n)[row].as_py() for n in names)
+    return values if len(values) > 1 else values[0]
 
 
 def _check_new_series(block: Any, names: Sequence[str], seen: set) -> Any:
@@ -908,9 +922,7 @@ def _check_new_series(block: Any, names: Sequence[str], seen: set) -> Any:
     ids = [tuple(k[n] for n in names) if len(names) > 1 else k[names[0]] for k in keys]
     again = [i for i in ids if i in seen]
     if again:
-        raise ValueError(f"series {again[0]!r} appears in two separate places of the data: the out-of-core "
-                         "conversion reads series by series, so sort the data by id (and time) or pass "
-                         "cache=False to read it into memory")
+        raise ValueError(_SCATTERED.format(again[0]))
     seen.update(ids)
     return block
 

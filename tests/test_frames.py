@@ -343,8 +343,9 @@ def test_cache_refuses_series_split_across_the_files(tmp_path):
     with pytest.raises(ValueError, match="series 's00' appears in two separate places"):
         from_parquet(tmp_path / "data.parquet", cache=True, batch_rows=10, **FILE_OPTIONS)
     assert not any((tmp_path / ".fastbatch-cache").iterdir())  # no half cache left behind
-    with pytest.raises(ValueError, match=r"columns \['nope'\] are missing from"):
-        from_parquet(tmp_path / "data.parquet", cache=False, **{**FILE_OPTIONS, "past": "nope"})
+    for cache in (False, True):
+        with pytest.raises(ValueError, match=r"columns \['nope'\] are missing from"):
+            from_parquet(tmp_path / "data.parquet", cache=cache, **{**FILE_OPTIONS, "past": "nope"})
 
 
 def test_conversion_memory_stays_near_one_block(tmp_path):
@@ -377,3 +378,15 @@ def test_id_columns_past_the_int64_key_give_the_same_series(monkeypatch):
     got = from_frame(df, **options)
     assert got.series_ids.tolist() == want.series_ids.tolist()
     np.testing.assert_array_equal(got.values, want.values)
+
+
+def test_cache_refuses_rows_of_a_series_shuffled_within_one_block(tmp_path):
+    """Rows of several series interleaved in one record batch: refused by name, never a false 'gap'."""
+    from fastbatch.frames import from_parquet
+
+    df = gappy_frame(n_series=3, length=40)
+    write_parquet(df.sample(frac=1, random_state=0), tmp_path / "data.parquet")
+    with pytest.raises(ValueError, match="appears in two separate places of the data"):
+        from_parquet(tmp_path / "data.parquet", cache=True, **FILE_OPTIONS)
+    in_memory = from_parquet(tmp_path / "data.parquet", cache=False, **FILE_OPTIONS)
+    assert in_memory.n_series == 3
