@@ -163,8 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every other power of two up to 1024, fewer steps: under a minute on 2 cores")
 
     g = p.add_argument_group("data")
-    g.add_argument("--data", metavar="PATH.npy", help="your own series, (N,) or (N, F), memory-mapped "
-                                                     "(default: a synthetic series)")
+    g.add_argument("--data", metavar="PATH", help="your own series: a .npy file, (N,) or (N, F), memory-mapped; "
+                   "or a long-format table (.parquet file or folder, .arrow/.feather) with --id, --time, --target "
+                   "(default: a synthetic series)")
+    g.add_argument("--id", metavar="COLUMN", help="with a table: the series id column (omit for one series)")
+    g.add_argument("--time", metavar="COLUMN", help="with a table: the time column (integers or timestamps)")
+    g.add_argument("--target", metavar="COLUMNS", help="with a table: the target column(s), comma-separated")
+    g.add_argument("--past", metavar="COLUMNS", default="",
+                   help="with a table: observed covariates, comma-separated; inputs beside the target's history")
     g.add_argument("--window", type=_integer(1), default=64, help="input steps T (default 64)")
     g.add_argument("--horizon", type=_integer(1), default=8, help="target steps H (default 8)")
     g.add_argument("--features", type=_integer(1), help="features of the synthetic series (default 8)")
@@ -207,6 +213,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _table_options(args) -> dict | None:
+    """``--id/--time/--target/--past`` checked against ``--data``: the table's columns, or ``None`` for a .npy."""
+    from bench.data import is_table
+
+    given = [o for o, v in (("--id", args.id), ("--time", args.time), ("--target", args.target),
+                            ("--past", args.past)) if v]
+    if args.data is None or not is_table(args.data):
+        if given:
+            raise ValueError(f"{' '.join(given)}: name columns of a table; give --data a .parquet, .arrow or "
+                             f".feather file (got --data {args.data!r})")
+        return None
+    missing = [o for o, v in (("--time", args.time), ("--target", args.target)) if not v]
+    if missing:
+        raise ValueError(f"--data {args.data!r} is a table: {' and '.join(missing)} must name its column(s)")
+    columns = lambda text: [c.strip() for c in text.split(",") if c.strip()]  # noqa: E731
+    return {"id": args.id, "time": args.time, "target": columns(args.target), "past": columns(args.past)}
+
+
 def _default_device() -> str:
     import torch
 
@@ -227,6 +251,7 @@ def config_from_args(args: argparse.Namespace) -> cfg.BenchConfig:
 
     device = args.device or _default_device()
     gpu = device.startswith("cuda")
+    table = _table_options(args)
     if args.data is not None:
         for option, value in (("--features", args.features), ("--series-length", args.series_length)):
             if value is not None:
@@ -247,6 +272,7 @@ def config_from_args(args: argparse.Namespace) -> cfg.BenchConfig:
         features=args.features or 8,
         series_length=args.series_length or (2**23 if gpu else 2**20),
         data=args.data,
+        table=table,
         model=args.model,
         model_options=args.model_options,
         steps=args.steps or (cfg.QUICK_STEPS if args.quick else cfg.DEFAULT_STEPS),

@@ -128,7 +128,9 @@ class BenchConfig:
     horizon: int = 8
     features: int = 8
     series_length: int = 2**20
-    data: str | None = None  # a .npy file, memory-mapped
+    data: str | None = None  # a .npy file, memory-mapped; or a Parquet/Arrow table with `table`
+    # With a table: {"id", "time", "target", "past"} for SlidingWindows.from_parquet.
+    table: dict[str, Any] | None = None
     model: str = "mlp"
     model_options: dict[str, Any] = field(default_factory=dict)
     steps: int = DEFAULT_STEPS

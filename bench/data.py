@@ -1,17 +1,27 @@
-"""The series a harness run trains on: the user's ``.npy`` file or a synthetic one.
+"""The series a harness run trains on: the user's ``.npy`` file or table, or a synthetic one.
 
-Either way the trials read it from a ``.npy`` file with ``np.load(mmap_mode="r")``:
-the series lives once in the page cache, not once per trial process, and a
-user's file is never unpickled.
+Either way the trials read ``.npy`` files with ``np.load(mmap_mode="r")``: the
+series lives once in the page cache, not once per trial process, and a user's
+file is never unpickled.  A table (Parquet, or Arrow IPC/Feather, in long
+format: ``--id``, ``--time``, ``--target`` and optionally ``--past`` columns) is
+converted once, by the harness, into fastbatch's cache of memory-mapped
+``.npy`` files (``SlidingWindows.from_parquet(cache=True)``) in
+:data:`TABLE_CACHE`, and every trial opens that cache.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from typing import Any
 
 import numpy as np
 
 NPY_MAGIC = b"\x93NUMPY"
+TABLE_SUFFIXES = (".parquet", ".pq", ".feather", ".arrow", ".ipc")
+# Where tables are converted: keyed by the files and the options, so runs on
+# the same table reuse it, and outside the user's data folder.
+TABLE_CACHE = os.path.join(tempfile.gettempdir(), "fastbatch-bench-tables")
 ZIP_MAGIC = b"PK\x03\x04"  # np.savez
 
 
@@ -88,3 +98,34 @@ def gather_dtype(array: np.ndarray) -> np.dtype:
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+def is_table(path: str) -> bool:
+    """A Parquet file or folder, or an Arrow IPC/Feather file (read as a long-format table)."""
+    if os.path.isdir(path):
+        return any(name.endswith((".parquet", ".pq")) for _, _, names in os.walk(path) for name in names)
+    return path.lower().endswith(TABLE_SUFFIXES)
+
+
+def open_windows(data_path: str, config: Any):
+    """The windows a trial reads: over the ``.npy`` series, or over the converted table."""
+    import fastbatch as fb
+
+    if config.table is None:
+        data = load_series(data_path)
+        return fb.SlidingWindows(data, window=config.window, horizon=config.horizon, dtype=gather_dtype(data))
+    t = config.table
+    options = dict(id=t["id"], time=t["time"], target=t["target"], past=t["past"], scale="standard",
+                   window=config.window, horizon=config.horizon)
+    try:
+        try:
+            return fb.SlidingWindows.from_parquet(data_path, cache=True, cache_dir=TABLE_CACHE, **options)
+        except ValueError as error:
+            if "two separate places" not in str(error):
+                raise
+            # Rows of a series are not together in the file: no out-of-core
+            # conversion; each trial reads the table into memory instead.
+            return fb.SlidingWindows.from_parquet(data_path, cache=False, **options)
+    except (ImportError, ModuleNotFoundError) as error:
+        raise ValueError(f"--data {data_path!r} is a table, which needs pandas and pyarrow "
+                         f"(pip install 'fastbatch[frames]'): {error}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import shutil
 import tempfile
 import time
@@ -127,6 +128,20 @@ def plan_sizes(config: BenchConfig, n_windows: int) -> tuple[list[int], str]:
     return powers_of_two(n_windows, base), "dataset"
 
 
+def _table(path: str, config: BenchConfig):
+    """Convert the table once (the trials open the cache); its ``(values, n_windows)``."""
+    from bench.data import open_windows
+
+    print(f"converting the table {path} (once; cached in bench.data.TABLE_CACHE) ...", file=sys.stderr, flush=True)
+    try:
+        windows = open_windows(path, config)
+    except (ValueError, TypeError) as error:
+        raise BenchError(f"--data {path!r}: {error}") from None
+    if len(windows) == 0:
+        raise BenchError(f"--data {path!r}: no window of window={config.window} + horizon={config.horizon} steps")
+    return windows.data, len(windows)
+
+
 def prepare(config: BenchConfig) -> Prepared:
     """Check the device, data and model; write the synthetic series; plan the sweep."""
     from bench.data import gather_dtype, load_series, write_synthetic
@@ -135,7 +150,11 @@ def prepare(config: BenchConfig) -> Prepared:
     _check_out(config.out)
     workdir = tempfile.mkdtemp(prefix="fastbatch-bench-")
     try:
-        if config.data is not None:
+        if config.table is not None:
+            data_path = os.path.abspath(config.data)
+            array, n_windows = _table(data_path, config)
+            source = data_path
+        elif config.data is not None:
             data_path = os.path.abspath(config.data)
             array = load_series(data_path)
             source = data_path

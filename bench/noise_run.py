@@ -13,7 +13,6 @@ the memory limit, so nothing it does can stop or skew the harness.
 from __future__ import annotations
 
 import gc
-import itertools
 import json
 import math
 import os
@@ -121,8 +120,7 @@ def _point(model, batches: list, step: int, autocast) -> dict[str, Any]:
 def measure(spec: dict[str, Any], result: dict[str, Any]) -> None:
     import torch
 
-    import fastbatch as fb
-    from bench.data import gather_dtype, load_series
+    from bench.data import open_windows
     from bench.models import TrainStep, build_model, resolve_factory
     from bench.trial import _Batches, _limit_memory, _prepare_device, make_loader
 
@@ -131,8 +129,7 @@ def measure(spec: dict[str, Any], result: dict[str, Any]) -> None:
     resolve_factory(config.model)  # the user's module is imported before the limit, as in a trial
     device = _prepare_device(config, {})
     _limit_memory(config, device, {})
-    data = load_series(spec["data_path"])
-    windows = fb.SlidingWindows(data, window=config.window, horizon=config.horizon, dtype=gather_dtype(data))
+    windows = open_windows(spec["data_path"], config)
     lr, train_size = config.reference_lr
     train_size = min(train_size, len(windows))
     measure_size = min(MEASURE_BATCH_SIZE, len(windows))

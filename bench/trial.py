@@ -315,6 +315,12 @@ def _same(x, y):
     return x, y
 
 
+def _inputs_and_target(batch):
+    """``(x, y)`` of a batch; from a table with covariates, the target's history and past covariates, and the target."""
+    past = getattr(batch, "past", None)
+    return (past, batch.target) if past is not None else (batch[0], batch[1])
+
+
 class _Batches:
     """Endless batches from a loader: a new epoch starts where one ends, as in training."""
 
@@ -324,11 +330,11 @@ class _Batches:
 
     def next(self):
         try:
-            x, y = next(self.it)
+            x, y = _inputs_and_target(next(self.it))
         except StopIteration:
             self.close()
             self.it = iter(self.loader)
-            x, y = next(self.it)
+            x, y = _inputs_and_target(next(self.it))
         return self.move(x, y)
 
     def close(self) -> None:
@@ -400,11 +406,9 @@ def train(step: Callable, loader, move: Callable, device, steps: int, warmup: in
 
 def measure(spec: dict[str, Any], result: dict[str, Any]) -> None:
     """The trial itself: fills ``result`` as it goes, so a failure keeps what was measured before it."""
-    import numpy as np
     import torch
 
-    import fastbatch as fb
-    from bench.data import gather_dtype, load_series
+    from bench.data import open_windows
     from bench.models import TrainStep, build_model, resolve_factory
 
     config = BenchConfig.from_dict(spec["config"])
@@ -414,8 +418,8 @@ def measure(spec: dict[str, Any], result: dict[str, Any]) -> None:
     device = _prepare_device(config, result)
     _limit_memory(config, device, result)
 
-    data = load_series(spec["data_path"])
-    windows = fb.SlidingWindows(data, window=config.window, horizon=config.horizon, dtype=gather_dtype(data))
+    windows = open_windows(spec["data_path"], config)
+    data = None if config.table is not None else windows.data
     if len(windows) < batch_size:
         raise ValueError(f"batch size {batch_size} exceeds the {len(windows)} windows of the series")
     loader, move = make_loader(windows, batch_size, device, config.prefetch, config.seed)
@@ -436,8 +440,10 @@ def measure(spec: dict[str, Any], result: dict[str, Any]) -> None:
 
     del step, model, loader
     gc.collect()
-    if spec.get("baseline"):
+    if spec.get("baseline") and data is not None:
         _measure_baseline(result, data, config, batch_size, device)
+    elif spec.get("baseline"):
+        result["baseline_error"] = "no DataLoader baseline for a table: it has no per-window Dataset to compare"
 
 
 def _prepare_device(config: BenchConfig, result: dict[str, Any]):

@@ -339,3 +339,48 @@ def test_out_replaced_by_a_file_mid_sweep_is_one_error_and_the_results_are_kept(
             == [4, 8]
     finally:
         shutil.rmtree(rescued)
+
+
+def _employment_table(path):
+    """Six monthly series in long format, written as Parquet: the kind of table --data takes with --id etc."""
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    rng = np.random.default_rng(0)
+    parts = [pd.DataFrame({"sector": f"s{k}", "month": np.arange(150), "jobs": 100 * k + rng.random(150).cumsum(),
+                           "total": rng.random(150)}) for k in range(6)]
+    pd.concat(parts).sample(frac=1, random_state=0).to_parquet(path)
+    return path
+
+
+def test_a_table_is_profiled_with_its_columns_named(tmp_path):
+    """python -m bench --data table.parquet --id --time --target [--past]: a real sweep over the table's windows."""
+    import json
+
+    data = _employment_table(tmp_path / "jobs.parquet")
+    out = tmp_path / "out"
+    assert cli.main(["--device", "cpu", "--data", str(data), "--id", "sector", "--time", "month", "--target", "jobs",
+                     "--past", "total", "--window", "12", "--horizon", "3", "--batch-sizes", "4,16", "--steps", "3",
+                     "--no-goodput", "--no-baseline", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"]["source"] == str(data) and results["dataset"]["features"] == 2
+    assert results["dataset"]["n_windows"] == 6 * (150 - 12 - 3 + 1)
+    assert [(r["batch_size"], r["status"]) for r in results["results"]] == [(4, "ok"), (16, "ok")]
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--id", "sector"], "--id: name columns of a table; give --data a .parquet"),
+        (["--data", "TABLE", "--id", "sector", "--target", "jobs"], "is a table: --time must name its column"),
+        (["--data", "TABLE", "--time", "month", "--target", "nope"], "nope"),
+    ],
+)
+def test_table_options_are_checked_naming_the_option(tmp_path, capsys, argv, match):
+    table = str(_employment_table(tmp_path / "jobs.parquet"))
+    argv = [table if a == "TABLE" else a for a in argv]
+    try:
+        code = cli.main(["--device", "cpu", "--no-goodput", "--batch-sizes", "4", *argv])
+    except SystemExit as stop:  # argument errors end in the parser, as argparse's own do
+        code = stop.code
+    assert code == 2
+    assert match in " ".join(capsys.readouterr().err.split())
