@@ -130,6 +130,13 @@ def _datetime_ticks(array: np.ndarray, name: str) -> tuple[np.ndarray, str | Non
         ticks = array.view(np.int64)
         if (ticks == np.iinfo(np.int64).min).any():  # NaT
             raise ValueError(f"time column {name!r} holds a null (NaT) at row {int(np.argmax(ticks == ticks.min()))}")
+        if unit not in ("Y", "M") and ticks.size:
+            # Calendar months are 28 to 31 days apart: time stamps that are
+            # all month starts (monthly, quarterly, yearly data) are counted
+            # in months, where their steps are regular.
+            months = array.astype("datetime64[M]")
+            if np.array_equal(months.astype(array.dtype), array):
+                return months.view(np.int64), "M"
         return ticks, unit
     if array.dtype.kind in "iu":
         return array.astype(np.int64, copy=False), None
@@ -698,6 +705,11 @@ def _place_rows(codes, ticks, n_series, order):
 
 
 def _step_ticks(step: Any, axis: PanelTime) -> int:
+    if axis.unit == "M":
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+            raise ValueError(f"the time column holds month starts, counted in months: give step as a number of "
+                             f"months (an integer >= 1), got step={step!r}")
+        return int(step)
     if axis.unit is None:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
             raise ValueError(f"step must be an integer >= 1 for an integer time column, got step={step!r}")

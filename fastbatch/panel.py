@@ -77,7 +77,10 @@ class PanelTime:
             stamp = stamp.tz_convert("UTC").tz_localize(None)
         elif stamp.tzinfo is not None:
             raise ValueError(f"the time column has no time zone but the cutoff {at!r} has one")
-        return int(np.datetime64(stamp.to_datetime64()).astype(f"datetime64[{self.unit}]").astype(np.int64))
+        exact = np.datetime64(stamp.to_datetime64())
+        ticks = int(exact.astype(f"datetime64[{self.unit}]").astype(np.int64))
+        # A cutoff inside a tick (mid-month on a monthly axis) belongs to the next one.
+        return ticks + 1 if np.datetime64(ticks, self.unit).astype(exact.dtype) < exact else ticks
 
     def show(self, ticks: int) -> str:
         """One time stamp of this axis as text, for messages."""

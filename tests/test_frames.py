@@ -390,3 +390,24 @@ def test_cache_refuses_rows_of_a_series_shuffled_within_one_block(tmp_path):
         from_parquet(tmp_path / "data.parquet", cache=True, **FILE_OPTIONS)
     in_memory = from_parquet(tmp_path / "data.parquet", cache=False, **FILE_OPTIONS)
     assert in_memory.n_series == 3
+
+
+@pytest.mark.parametrize("freq,step", [("MS", 1), ("QS", 3), ("YS", 12)])
+def test_month_start_timestamps_are_counted_in_months(freq, step):
+    """Monthly data as neuralforecast users keep it (freq='MS'): regular in months, not in nanoseconds."""
+    times = pd.date_range("2019-01-01", periods=30, freq=freq)
+    df = pd.DataFrame({"unique_id": np.repeat(["a", "b"], 30), "ds": np.tile(times, 2), "y": np.arange(60.0)})
+    panel = from_frame(df, id="unique_id", time="ds", target="y", window=6, horizon=2)
+    assert panel.time.unit == "M" and list(panel.time.step) == [step, step]
+    np.testing.assert_array_equal(panel.time.values(0, 30), times.to_numpy().astype("datetime64[M]"))
+    gappy = df.drop(index=[4])
+    with pytest.raises(ValueError, match="has a gap"):
+        from_frame(gappy, id="unique_id", time="ds", target="y", window=6, horizon=2)
+
+
+def test_a_cutoff_inside_a_month_starts_validation_at_the_next_month():
+    times = pd.date_range("2020-01-01", periods=36, freq="MS")
+    df = pd.DataFrame({"unique_id": "a", "ds": times, "y": np.arange(36.0)})
+    mid, start = (split(from_frame(df, id="unique_id", time="ds", target="y", window=12, horizon=3), at=at)
+                  for at in ("2022-06-15", "2022-07-01"))
+    assert [len(i) for i in mid] == [len(i) for i in start] == [16, 4]
