@@ -167,7 +167,6 @@ def gather_windows(data, ids, stride, dilation, window, horizon, target_columns,
                     out_y[b, h, c] = (np.float64(data[e + h, col]) - mean[col]) / std[col]
 
 
-# -- many series ----------------------------------------------------------------
 
 
 @parallel_kernel
@@ -193,6 +192,9 @@ def gather_runs(flat, ids, step, run_x, run_y, out_x, out_y):
         # vectorises better than an explicit index loop (measured: ~1.4x).
         out_x[b, :] = flat[s : s + run_x]
         out_y[b, :] = flat[s + run_x : s + run_x + run_y]
+
+
+# -- many series ----------------------------------------------------------------
 
 
 @jit()
