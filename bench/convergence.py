@@ -11,7 +11,15 @@ series), this
    of it, for several seeds; records steps, samples and training seconds to
    the target (evaluation not counted), keeping the best learning rate;
 4. fits ``S_min``, ``E_min`` and ``B_crit`` (:mod:`bench.critical`) and
-   compares the measured fastest size and ``B_crit`` with the prediction.
+   compares the measured fastest size and ``B_crit`` with the prediction;
+5. (``--adaptive``, on by default) trains the same model on the same data to
+   the same target, from the smallest swept size (``--adaptive-start``),
+   with ``fb.AdaptiveBatchSize`` growing the batch size as the online noise
+   scale grows, up to the largest swept size; once with the learning rate
+   scaled by the AdaScale gain (``scale_lr=True``) and once without; the
+   starting learning rate chosen as for the fixed sizes (the rule at the
+   starting size, x1/2, x2, keeping the best); compared with the best fixed
+   size's time to the target.
 
 It also measures the noise scale of the AR(1) series at several noise
 levels: noisier data should give a larger noise scale.  The results go to
@@ -181,6 +189,71 @@ class Task:
                 seconds += time.perf_counter() - started
         return self._result(batch_size, lr, seed, steps, seconds, best, curve, reached=False)
 
+    def run_adaptive(self, start_batch_size: int, max_batch_size: int, lr: float, seed: int, *,
+                     scale_lr: bool, every: int = 50, target: float = -math.inf, max_samples: int,
+                     max_seconds: float, eval_samples: int = 64) -> dict[str, Any]:
+        """As :meth:`run`, with the batch size grown by ``fb.AdaptiveBatchSize`` from ``start_batch_size``.
+
+        Same model, optimizer (AdamW), seed and evaluation as :meth:`run`;
+        ``fb.GradientNoiseScale(model)`` is updated after each backward (the
+        differenced estimator: no micro-batches), ``AdaptiveBatchSize.step()``
+        after each optimizer step; their time counts as training time.  The
+        validation loss is evaluated every ``eval_samples // B`` steps of the
+        current size ``B`` (at least every step).
+        """
+        import torch
+
+        import fastbatch as fb
+        from bench.models import TrainStep, build_model
+
+        torch.manual_seed(seed)
+        model = build_model("mlp", WINDOW, HORIZON, 1, 1)
+        optimizer = TrainStep(model, lr=lr).optimizer  # AdamW, the fixed runs' settings
+        loader = fb.WindowLoader(self.train, batch_size=start_batch_size, shuffle=True, seed=seed, drop_last=True)
+        gns = fb.GradientNoiseScale(model)
+        adapt = fb.AdaptiveBatchSize(loader, gns, optimizer, max_batch_size=max_batch_size, every=every,
+                                     scale_lr=scale_lr)
+        mse = torch.nn.functional.mse_loss
+        steps, samples, since_eval, seconds, best = 0, 0, 0, 0.0, self.val_loss(model)
+        curve, lrs = [(0, best)], []
+
+        def result(reached: bool) -> dict[str, Any]:
+            return {"adaptive": True, "scale_lr": scale_lr, "every": every, "batch_size": start_batch_size,
+                    "max_batch_size": max_batch_size, "lr": lr, "seed": seed, "reached": reached, "steps": steps,
+                    "samples": samples, "seconds": seconds, "best_val_loss": best,
+                    "final_batch_size": loader.batch_size, "history": [list(h) for h in adapt.history],
+                    "b_simple": gns.b_simple, "final_lr": optimizer.param_groups[0]["lr"],
+                    "lr_at": lrs[:: max(1, len(lrs) // 50)], "curve": curve[:: max(1, len(curve) // 50)]}
+
+        while samples < max_samples and seconds < max_seconds:
+            started = time.perf_counter()
+            for x, y in loader:
+                prediction = model(x)
+                loss = mse(prediction.float(), y.reshape(prediction.shape).float())
+                loss.backward()
+                gns.step(len(x))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                adapt.step()
+                steps, samples, since_eval = steps + 1, samples + len(x), since_eval + 1
+                if since_eval >= max(1, eval_samples // len(x)):
+                    since_eval = 0
+                    seconds += time.perf_counter() - started
+                    if not math.isfinite(float(loss.detach())):
+                        return result(False)
+                    value = self.val_loss(model)
+                    best = min(best, value)
+                    curve.append((steps, value))
+                    lrs.append((steps, len(x), optimizer.param_groups[0]["lr"]))
+                    if value <= target:
+                        return result(True)
+                    if samples >= max_samples or seconds >= max_seconds:
+                        break
+                    started = time.perf_counter()
+            else:
+                seconds += time.perf_counter() - started
+        return result(False)
+
     @staticmethod
     def _result(batch_size, lr, seed, steps, seconds, best, curve, *, reached) -> dict[str, Any]:
         return {"batch_size": batch_size, "lr": lr, "seed": seed, "reached": reached, "steps": steps,
@@ -222,6 +295,77 @@ def time_to_target(task: Task, sizes: list[int], report: dict[str, Any], referen
                   + ", ".join(f"{r['steps']} steps {r['seconds']:.2f} s" if r["reached"] else "not reached"
                               for r in done), file=sys.stderr)
     return runs
+
+
+def adaptive_start(sizes: list[int], report: dict[str, Any], how: str) -> int:
+    """The adaptive runs' starting size: the smallest swept (``smallest``) or the recommendation / 4 (``quarter``).
+
+    ``quarter`` is kept within the swept range and falls back to the smallest
+    swept size when part 2 made no recommendation.
+    """
+    if how == "smallest" or not report.get("recommended_batch_size"):
+        return min(sizes)
+    return max(min(sizes), min(max(sizes), int(report["recommended_batch_size"]) // 4))
+
+
+def adaptive_to_target(task: Task, start: int, max_batch_size: int, report: dict[str, Any],
+                       reference: tuple[float, int], target: float, seeds: int, max_samples: int,
+                       max_seconds: float, every: int) -> list[dict[str, Any]]:
+    """Adaptive runs from ``start``: the rule's lr at ``start`` x1/2, x1, x2, each seed, AdaScale on and off."""
+    runs = []
+    base = learning_rate(report, reference, start)
+    for scale_lr in (True, False):
+        for factor in LR_FACTORS:
+            done = []
+            for seed in range(seeds):
+                run = task.run_adaptive(start, max_batch_size, base * factor, seed, scale_lr=scale_lr, every=every,
+                                        target=target, max_samples=max_samples, max_seconds=max_seconds)
+                run["lr_factor"] = factor
+                done.append(run)
+            runs += done
+            print(f"  adaptive from {start} (AdaScale lr {'on' if scale_lr else 'off'}) lr x{factor:g} "
+                  f"({base * factor:.3g}): "
+                  + ", ".join((f"{r['steps']} steps {r['seconds']:.2f} s" if r["reached"] else "not reached")
+                              + f" [{_trajectory(r)}]" for r in done), file=sys.stderr)
+    return runs
+
+
+def _trajectory(run: dict[str, Any]) -> str:
+    """``4 -> 64@50 -> 256@100``: the starting size, then each change and the step it was made at."""
+    return " -> ".join([str(run["batch_size"])] + [f"{b}@{s}" for s, b in run["history"]])
+
+
+def summarise_adaptive(runs: list[dict[str, Any]], fixed: dict[str, Any]) -> dict[str, Any]:
+    """Per ``scale_lr``: the best starting lr (as for the fixed sizes) and its time against the best fixed size."""
+    best_fixed = fixed["per_size"][fixed["measured_fastest"]]
+    out: dict[str, Any] = {"best_fixed_batch_size": fixed["measured_fastest"], "best_fixed_seconds": best_fixed["seconds"],
+                           "runs_by_scale_lr": {}}
+    for scale_lr in (True, False):
+        options = []
+        for factor in LR_FACTORS:
+            group = [r for r in runs if r["scale_lr"] == scale_lr and r["lr_factor"] == factor]
+            if group and all(r["reached"] for r in group):
+                options.append((statistics.median(r["seconds"] for r in group), factor, group))
+        key = "scale_lr" if scale_lr else "fixed_lr"
+        if not options:
+            mine = [r for r in runs if r["scale_lr"] == scale_lr]
+            out["runs_by_scale_lr"][key] = {
+                "reached": False, "seconds": math.inf, "vs_best_fixed": None,
+                "best_val_loss": min((r["best_val_loss"] for r in mine), default=None),
+                "trajectories": [_trajectory(r) for r in mine]}
+            continue
+        seconds, factor, group = min(options, key=lambda o: o[0])
+        ratio = seconds / best_fixed["seconds"] if math.isfinite(best_fixed["seconds"]) else None
+        out["runs_by_scale_lr"][key] = {
+            "reached": True, "start_batch_size": group[0]["batch_size"], "lr_factor": factor, "lr": group[0]["lr"],
+            "seconds": seconds, "steps": statistics.median(r["steps"] for r in group),
+            "samples": statistics.median(r["samples"] for r in group),
+            "seconds_by_seed": [r["seconds"] for r in group],
+            "final_batch_sizes": [r["final_batch_size"] for r in group],
+            "final_lrs": [r["final_lr"] for r in group],
+            "trajectories": [_trajectory(r) for r in group],
+            "vs_best_fixed": ratio}
+    return out
 
 
 def summarise(runs: list[dict[str, Any]], report: dict[str, Any]) -> dict[str, Any]:
@@ -298,6 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="...or after this many seconds of training (default 10)")
     p.add_argument("--threads", type=_integer(1), default=1,
                    help="torch threads, here and in part 2's trials (default 1: see docs/batch-size.md)")
+    p.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train with fb.AdaptiveBatchSize growing the batch size up to the largest swept size, "
+                        "AdaScale lr on and off, and compare with the best fixed size (default on)")
+    p.add_argument("--adaptive-start", choices=("smallest", "quarter"), default="smallest",
+                   help="the adaptive runs' first batch size: the smallest swept, or part 2's recommendation / 4 "
+                        "(default smallest)")
+    p.add_argument("--adaptive-every", type=_integer(1), default=50, metavar="N",
+                   help="AdaptiveBatchSize(every=N): steps between its decisions (default 50, its default)")
     p.add_argument("--out", metavar="DIR", help="write convergence.json, time-to-target.png and part 2's reports")
     return p
 
@@ -349,7 +501,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{target['pilot_best']:.4g})", file=sys.stderr)
         runs = time_to_target(task, args.batch_sizes, report, args.reference_lr, target["target"], args.seeds,
                               args.max_samples, args.max_seconds)
-        results["data_sets"][name] = {"target": target, "summary": summarise(runs, report), "runs": runs,
+        summary = summarise(runs, report)
+        adaptive = None
+        if args.adaptive:
+            start = adaptive_start(args.batch_sizes, report, args.adaptive_start)
+            adaptive_runs = adaptive_to_target(task, start, max(args.batch_sizes), report, args.reference_lr,
+                                               target["target"], args.seeds, args.max_samples, args.max_seconds,
+                                               args.adaptive_every)
+            adaptive = {"start": args.adaptive_start, "start_batch_size": start, "every": args.adaptive_every,
+                        "max_batch_size": max(args.batch_sizes), "summary": summarise_adaptive(adaptive_runs, summary),
+                        "runs": adaptive_runs}
+        results["data_sets"][name] = {"target": target, "summary": summary, "runs": runs, "adaptive": adaptive,
                                       "prediction": {k: report.get(k) for k in (
                                           "recommended_batch_size", "throughput_batch_size", "recommended_by",
                                           "noise_scale", "goodput", "learning_rate")},
@@ -397,7 +559,23 @@ def _print_summary(name: str, data: dict[str, Any]) -> None:
               f"(rms relative error {fit['rms_relative_error']:.0%})")
     print(f"fastest measured: {s['measured_fastest']}; goodput recommended {s['recommended']} "
           f"({s['recommended_time_vs_fastest']}x); throughput choice {s['throughput_choice']} "
-          f"({s['throughput_time_vs_fastest']}x)\n")
+          f"({s['throughput_time_vs_fastest']}x)")
+    adaptive = data.get("adaptive")
+    if adaptive:
+        a = adaptive["summary"]
+        print(f"adaptive from {adaptive['start_batch_size']} up to {adaptive['max_batch_size']} "
+              f"(every {adaptive['every']} steps), against the best fixed size {a['best_fixed_batch_size']} "
+              f"({a['best_fixed_seconds']:.3g} s):")
+        print(f"{'AdaScale lr':>11} {'lr':>9} {'steps':>8} {'samples':>9} {'seconds':>8}  vs best fixed  trajectory (seed 0)")
+        for key, v in a["runs_by_scale_lr"].items():
+            label = "on" if key == "scale_lr" else "off"
+            if not v["reached"]:
+                print(f"{label:>11} {'-':>9} {'not reached':>27}  best val loss {v['best_val_loss']:.4g}  "
+                      f"{v['trajectories'][0] if v['trajectories'] else ''}")
+                continue
+            print(f"{label:>11} {v['lr']:>9.3g} {v['steps']:>8.0f} {v['samples']:>9.0f} {v['seconds']:>8.2f}  "
+                  f"{v['vs_best_fixed']:>12.2f}x  {v['trajectories'][0]}")
+    print()
 
 
 def plot(results: dict[str, Any], path: str) -> None:
@@ -421,6 +599,10 @@ def plot(results: dict[str, Any], path: str) -> None:
             scale = s["per_size"][best]["seconds"]
             ax.plot(sorted(predicted), [predicted[b] * scale for b in sorted(predicted)], "--", alpha=0.6,
                     color=line.get_color(), label=f"{name}: predicted by goodput (scaled at {best})")
+        for key, v in ((data.get("adaptive") or {}).get("summary") or {}).get("runs_by_scale_lr", {}).items():
+            if v["reached"]:
+                ax.axhline(v["seconds"], color=line.get_color(), linestyle="-." if key == "scale_lr" else ":",
+                           alpha=0.5, label=f"{name}: adaptive, AdaScale lr {'on' if key == 'scale_lr' else 'off'}")
         if s["recommended"]:
             ax.axvline(s["recommended"], color=line.get_color(), linestyle=":",
                        label=f"{name}: goodput recommendation ({s['recommended']})")

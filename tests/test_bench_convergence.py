@@ -5,11 +5,13 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench.convergence import LR_FACTORS, ar1_series, build_parser, co2_series, split, summarise
+from bench.convergence import (LR_FACTORS, Task, adaptive_start, ar1_series, build_parser, co2_series, split,
+                               summarise, summarise_adaptive)
 from bench.critical import fastest, fit_critical
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,11 +111,91 @@ def test_the_data_sets():
     (["--target-fraction", "1.5"], "argument --target-fraction: must be a number in (0, 1), got '1.5'"),
     (["--noise-levels", "0.1,-1"], "argument --noise-levels: must be a number > 0, got '-1'"),
     (["--seeds", "0"], "argument --seeds: must be an integer >= 1, got '0'"),
+    (["--adaptive-start", "half"], "argument --adaptive-start: invalid choice: 'half'"),
+    (["--adaptive-every", "0"], "argument --adaptive-every: must be an integer >= 1, got '0'"),
 ])
 def test_bad_options_name_the_option_and_value(argv, fragment, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(argv)
     assert exit_info.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_the_adaptive_options():
+    assert build_parser().parse_args([]).adaptive is True  # on by default
+    args = build_parser().parse_args(["--no-adaptive", "--adaptive-start", "quarter", "--adaptive-every", "5"])
+    assert (args.adaptive, args.adaptive_start, args.adaptive_every) == (False, "quarter", 5)
+
+
+def test_the_adaptive_start_is_the_smallest_size_or_a_quarter_of_the_recommendation():
+    assert adaptive_start(SIZES, {"recommended_batch_size": 256}, "smallest") == 4
+    assert adaptive_start(SIZES, {"recommended_batch_size": 256}, "quarter") == 64
+    assert adaptive_start(SIZES, {"recommended_batch_size": 8}, "quarter") == 4  # within the swept range
+    assert adaptive_start(SIZES, {"recommended_batch_size": None}, "quarter") == 4  # no recommendation
+
+
+def adaptive_runs(seconds_by_scale_lr_and_factor, seeds=3):
+    runs = []
+    for (scale_lr, factor), seconds in seconds_by_scale_lr_and_factor.items():
+        for seed in range(seeds):
+            reached = math.isfinite(seconds)
+            runs.append({"adaptive": True, "scale_lr": scale_lr, "lr_factor": factor, "lr": 1e-4 * factor,
+                         "batch_size": 4, "seed": seed, "reached": reached, "steps": 120, "samples": 6000,
+                         "seconds": seconds + 0.01 * seed, "best_val_loss": 0.5, "final_batch_size": 256,
+                         "final_lr": 1e-3, "history": [[50, 64], [100, 256]]})
+    return runs
+
+
+def test_the_adaptive_summary_keeps_the_best_start_lr_and_compares_with_the_best_fixed_size():
+    fixed = {"measured_fastest": 64, "per_size": {64: {"reached": True, "seconds": 0.5}}}
+    times = {(True, 0.5): 2.0, (True, 1.0): 0.6, (True, 2.0): math.inf,
+             (False, 0.5): math.inf, (False, 1.0): math.inf, (False, 2.0): math.inf}
+    out = summarise_adaptive(adaptive_runs(times), fixed)
+    assert out["best_fixed_batch_size"] == 64 and out["best_fixed_seconds"] == 0.5
+    on = out["runs_by_scale_lr"]["scale_lr"]
+    assert on["reached"] and on["lr_factor"] == 1.0 and on["seconds"] == pytest.approx(0.61)
+    assert on["vs_best_fixed"] == pytest.approx(0.61 / 0.5) and on["trajectories"][0] == "4 -> 64@50 -> 256@100"
+    off = out["runs_by_scale_lr"]["fixed_lr"]
+    assert not off["reached"] and off["vs_best_fixed"] is None and off["best_val_loss"] == 0.5
+
+
+def test_an_adaptive_run_grows_the_batch_size_and_counts_every_sample():
+    task = Task(*split(ar1_series(2.0, length=3000)))
+    run = task.run_adaptive(4, 64, 1e-3, seed=0, scale_lr=True, every=10, max_samples=1500, max_seconds=60)
+    assert not run["reached"] and run["samples"] >= 1500  # no target: runs to the sample budget
+    sizes = [4] + [b for _, b in run["history"]]
+    assert run["history"] and sizes == sorted(sizes) and sizes[-1] <= 64 and run["final_batch_size"] == sizes[-1]
+    assert all(s % 10 == 0 for s, _ in run["history"])  # decisions every 10 steps
+    assert run["final_lr"] >= 1e-3  # the AdaScale gain is >= 1
+    # The samples are the batches' sizes summed: 4 each step before the first change, and so on.
+    steps_at = [0] + [s for s, _ in run["history"]] + [run["steps"]]
+    assert run["samples"] == sum((b - a) * size for a, b, size in zip(steps_at, steps_at[1:], sizes))
+    same = task.run_adaptive(4, 64, 1e-3, seed=0, scale_lr=False, every=10, max_samples=1500, max_seconds=60)
+    assert same["final_lr"] == 1e-3  # scale_lr=False leaves the learning rate alone
+
+
+def test_an_adaptive_run_stops_at_the_target():
+    task = Task(*split(ar1_series(0.5, length=3000)))
+    run = task.run_adaptive(16, 64, 1e-3, seed=0, scale_lr=True, target=math.inf, max_samples=10_000, max_seconds=5)
+    assert run["reached"] and run["steps"] == 4 and run["samples"] == 64  # evaluated after 64 samples: reached
+
+
+def _docs_adaptive_blocks():
+    """The ```py blocks of docs/batch-size.md's last section (``py``: tests/test_noise.py counts its ```python ones)."""
+    import re
+
+    page = (Path(ROOT) / "docs" / "batch-size.md").read_text()
+    section = page[page.index("## Growing the batch size while training"):]
+    return re.findall(r"^```py\n(.*?)^```", section, flags=re.M | re.S)
+
+
+@pytest.mark.parametrize("index", [0, pytest.param(1, marks=pytest.mark.slow)])  # 1: Lightning, ~15 s
+def test_the_docs_adaptive_examples_run(index, tmp_path, monkeypatch):
+    blocks = _docs_adaptive_blocks()
+    assert len(blocks) == 2
+    if "lightning" in blocks[index]:
+        pytest.importorskip("lightning")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[index], f"docs/batch-size.md adaptive block {index}", "exec"), {"__name__": "__docs__"})
 
 
 @pytest.mark.slow
@@ -127,6 +209,13 @@ def test_a_tiny_convergence_run_writes_its_results(tmp_path):
     assert ar1["prediction"]["recommended_by"] == "goodput" and ar1["summary"]["recommended"] in (16, 256)
     assert {run["batch_size"] for run in ar1["runs"]} == {16, 256} and len(ar1["runs"]) == 2 * len(LR_FACTORS)
     assert ar1["summary"]["measured_fastest"] in (16, 256)
+    adaptive = ar1["adaptive"]  # on by default: from the smallest size, up to the largest, AdaScale lr on and off
+    assert (adaptive["start_batch_size"], adaptive["max_batch_size"], adaptive["every"]) == (16, 256, 50)
+    assert len(adaptive["runs"]) == 2 * len(LR_FACTORS) and {r["scale_lr"] for r in adaptive["runs"]} == {True, False}
+    assert all(16 <= r["final_batch_size"] <= 256 for r in adaptive["runs"])
+    assert set(adaptive["summary"]["runs_by_scale_lr"]) == {"scale_lr", "fixed_lr"}
+    assert adaptive["summary"]["best_fixed_batch_size"] == ar1["summary"]["measured_fastest"]
+    assert "adaptive from 16 up to 256" in proc.stdout
     levels = data["ar1_noise_levels"]
     assert [level["noise"] for level in levels] == [0.1, 2.0]
     assert levels[1]["b_simple"] > levels[0]["b_simple"]  # noisier data, larger noise scale
