@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, default=16,
                         help="steps between windows (16: every row is read in the epoch; 1 takes 16x as long)")
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--batch-rows", type=int, default=1_000_000, help="from_parquet's rows read at a time")
+    parser.add_argument("--batch-rows", type=int, default=250_000,
+                        help="from_parquet's rows read at a time (default: from_parquet's own, 250,000)")
     parser.add_argument("--keep", action="store_true", help="keep the data and the cache")
     parser.add_argument("--child", nargs=2, metavar=("DATA", "CACHE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
