@@ -107,10 +107,14 @@ class AdaptiveBatchSize:
                 group["lr"] = lr * self.gain
 
     def target(self) -> int | None:
-        """The batch size the current estimate asks for, within the limits; ``None`` before an estimate."""
+        """The batch size the current estimate asks for, within the limits; ``None`` without a usable one.
+
+        An averaged ``|G|²`` that is not positive (``b_simple`` infinite) is the
+        estimator's noise, not a measurement: no change until it is.
+        """
         b_noise = self.noise.b_simple
         if b_noise is None or not math.isfinite(b_noise) or b_noise <= 0:
-            return None if b_noise is None or b_noise <= 0 else self.max_batch_size
+            return None
         size = max(self.multiple, int(b_noise) // self.multiple * self.multiple)
         return max(self.start_batch_size, min(self.max_batch_size, size))
 

@@ -91,3 +91,20 @@ def test_state_round_trip_and_bad_arguments():
         fb.AdaptiveBatchSize(loader, gns, object(), max_batch_size=256)
     with pytest.raises(ValueError, match="not an AdaptiveBatchSize state"):
         other.load_state_dict({"steps": 1})
+
+
+def test_an_estimate_without_a_positive_gradient_norm_changes_nothing():
+    """b_simple infinite (|G|^2 averaged to <= 0 by the estimator's noise): no jump to the maximum."""
+
+    class Noise(fb.GradientNoiseScale):
+        b_simple, grad_sq, trace_cov = float("inf"), -1.0, 5.0
+
+        def __init__(self):  # noqa: D107 - a stand-in with fixed figures
+            pass
+
+    loader = fb.WindowLoader(_regression(n=2_000), batch_size=16)
+    optimizer = torch.optim.SGD(torch.nn.Linear(3, 1).parameters(), lr=0.1)
+    adapt = fb.AdaptiveBatchSize(loader, Noise(), optimizer, max_batch_size=512, every=1)
+    for _ in range(5):
+        adapt.step()
+    assert loader.batch_size == 16 and adapt.history == [] and optimizer.param_groups[0]["lr"] == 0.1
