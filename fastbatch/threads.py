@@ -22,6 +22,8 @@ from fastbatch._checks import check_int
 # Try the other thread count once every this many chunks, so the choice
 # follows the machine when its load changes.
 EXPLORE_EVERY = 16
+# Gathers of each choice not counted at the start (see GatherThreads.record).
+WARMUP_SAMPLES = 1
 # Weight of the newest measurement in the running rate of a choice.
 _SMOOTHING = 0.3
 
@@ -52,19 +54,25 @@ class GatherThreads:
                 )
             self.choices = (num_threads,)
         self.rates: dict[int, float | None] = {c: None for c in self.choices}
+        self.samples: dict[int, int] = {c: 0 for c in self.choices}
         self.calls = 0
 
     def choose(self) -> int:
         self.calls += 1
         untried = [c for c in self.choices if self.rates[c] is None]
         if untried:
-            return untried[0]
+            return min(untried, key=lambda c: self.samples[c])
         best = max(self.choices, key=lambda c: self.rates[c])
         if len(self.choices) > 1 and self.calls % EXPLORE_EVERY == 0:
             return next(c for c in self.choices if c != best)
         return best
 
     def record(self, threads: int, nbytes: int, seconds: float) -> None:
+        self.samples[threads] += 1
+        if self.samples[threads] <= WARMUP_SAMPLES:
+            # A choice's first gathers write into fresh staging memory, whose
+            # page faults cost as much as the copy: not what the choice is worth.
+            return
         rate = nbytes / max(seconds, 1e-9)
         old = self.rates[threads]
         self.rates[threads] = rate if old is None else (1 - _SMOOTHING) * old + _SMOOTHING * rate
