@@ -128,6 +128,11 @@ class DeviceWindows:
         self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float64, device=device)
         self.std = None if std is None else torch.as_tensor(std, dtype=torch.float64, device=device)
 
+    def chunk(self, ids: torch.Tensor, series: torch.Tensor | None, series_ids: bool) -> tuple:
+        """The chunk's fields, as the host gather makes them: ``(x, y[, series])``."""
+        x, y = self.gather(ids, series if self.windows.many_series else None)
+        return (x, y, series) if series_ids else (x, y)
+
     def gather(self, ids: torch.Tensor, series: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)`` of windows ``ids`` as ``(n, T, F)`` and ``(n, H, n_targets)``; ``series`` with many series."""
         ids = ids.to(torch.int64)

@@ -161,13 +161,10 @@ class FrameWindows(SlidingWindows):
                 f"normalize={_show(normalize)} standardises arrays per feature; windows from a table are scaled "
                 "per series: use SlidingWindows.from_frame(..., scale='standard' or 'robust') instead"
             )
-        if placement == "device":
-            raise ValueError("placement='device' does not take windows from a table yet; use placement='host' "
-                             "(placement='auto' picks it)")
         if gather_dtype.kind != "f" or gather_dtype.itemsize < 4:
             raise TypeError(f"dtype must be float32, float64 or torch.bfloat16 for windows from a table, "
                             f"got {gather_dtype}")
-        return "host" if placement == "auto" else placement
+        return placement
 
     def _chunk_fields(self, gather_dtype: np.dtype):
         from fastbatch.staging import FieldSpec
@@ -193,6 +190,9 @@ class FrameWindows(SlidingWindows):
         past, _future, _static, target, series = fields
         return (past, target, series) if self.return_series_id else (past, target)
 
+    def _device_windows(self, device: torch.device, out_dtype: torch.dtype, mean, std) -> "DevicePanel":
+        return DevicePanel(self, device, out_dtype)
+
     @property
     def _batch_type(self):
         return PanelBatch if self.covariates else None
@@ -209,3 +209,47 @@ class FrameWindows(SlidingWindows):
 def from_table(panel: pn.Panel, return_series_id: bool) -> FrameWindows:
     """All windows of every series of ``panel``."""
     return FrameWindows(panel, pn.windows(panel), return_series_id=return_series_id)
+
+
+class DevicePanel:
+    """The panel on the device, each chunk's five fields built there by index arithmetic (``placement="device"``).
+
+    The panel kernel's formula in torch: window ``i`` of series ``s`` starts
+    at row ``first_rows[s] + (i - offsets[s]) * stride``; scaling is
+    ``(float64(v) - center[s, c]) / scale[s, c]`` before the one cast to the
+    batch dtype, so the bits equal the host gather's.  Plain torch code: on a
+    CPU ``device`` it runs the same arithmetic (tests/test_frame_loader.py).
+    """
+
+    def __init__(self, windows: FrameWindows, device: torch.device, out_dtype: torch.dtype) -> None:
+        from fastbatch.device import upload
+
+        p, index, o = windows.panel, windows.index, windows.panel.options
+        self.device, self.out_dtype, self.n_targets = device, out_dtype, p.n_targets
+        self.values = upload(p.values, device)
+        self.future = upload(p.future, device)
+        self.static = torch.as_tensor(np.ascontiguousarray(p.static), device=device)
+        self.first_rows = torch.as_tensor(index.first_rows.astype(np.int64), device=device)
+        self.offsets = torch.as_tensor(index.offsets[:-1].astype(np.int64), device=device)
+        self.stride = index.stride
+        self.past_steps = torch.arange(o.window, device=device)
+        self.target_steps = torch.arange(o.horizon, device=device) + o.window
+        self.future_steps = torch.arange(o.window + o.horizon, device=device)
+        sc = index.scaler
+        stats = None if sc is None else (sc.center, sc.scale, sc.future_center, sc.future_scale)
+        self.stats = None if stats is None else tuple(torch.as_tensor(a, dtype=torch.float64, device=device)
+                                                       for a in stats)
+
+    def chunk(self, ids: torch.Tensor, series: torch.Tensor, series_ids: bool) -> tuple:
+        """``(past, future, static, target, series)`` of windows ``ids`` of ``series``."""
+        starts = self.first_rows[series] + (ids.to(torch.int64) - self.offsets[series]) * self.stride
+        past = self.values[starts[:, None] + self.past_steps]
+        target = self.values[starts[:, None] + self.target_steps][:, :, : self.n_targets]
+        future = self.future[starts[:, None] + self.future_steps]
+        if self.stats is not None:
+            center, scale, future_center, future_scale = (t[series][:, None, :] for t in self.stats)
+            past = (past.to(torch.float64) - center) / scale
+            target = (target.to(torch.float64) - center[:, :, : self.n_targets]) / scale[:, :, : self.n_targets]
+            future = (future.to(torch.float64) - future_center) / future_scale
+        cast = self.out_dtype
+        return (past.to(cast), future.to(cast), self.static[series].to(cast), target.to(cast), series)

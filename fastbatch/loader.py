@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fastbatch._checks import _show, check_bool, check_int, check_seed
-from fastbatch.device import PLACEMENTS, DeviceWindows, choose_placement, resolve_device
+from fastbatch.device import PLACEMENTS, choose_placement, resolve_device
 from fastbatch.distributed import resolve_ranks
 from fastbatch.normalize import check_normalize, resolve_normalize
 from fastbatch.order import resolve_order, shard_size
@@ -226,7 +226,7 @@ class WindowLoader:
         self._path = "resident" if self.placement == "device" else ("pinned" if self.device.type == "cuda" else "cpu")
         self._size_batches(self.batch_size)
         self._store = _StagingStore()
-        self._device_windows: DeviceWindows | None = None
+        self._device_windows = None  # the windows on the device, made at the first resident epoch
         self._active: weakref.ref | None = None
 
     # -- public ---------------------------------------------------------------
@@ -372,7 +372,8 @@ class WindowLoader:
         if self._device_windows is None:
             gather_dtype = torch.from_numpy(np.empty(0, plan.gather_dtype)).dtype
             with _device_context(plan.device):
-                self._device_windows = DeviceWindows(self.windows, plan.device, gather_dtype, self._mean, self._std)
+                self._device_windows = self.windows._device_windows(plan.device, gather_dtype, self._mean,
+                                                                    self._std)
         return self._device_windows
 
 

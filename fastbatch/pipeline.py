@@ -171,8 +171,7 @@ def resident_chunks(plan: Plan, order: EpochOrder, start: int, resident, ring: P
             arrays[1][:] = w.series_of(arrays[0]) if w.many_series else 0
         with _on(stream, plan.device):
             ids = tuple(_copy(t, plan.device) for t in pinned)
-            x, y = resident.gather(ids[0], ids[1] if w.many_series else None)
-            out = w._finish_chunk((x, y, ids[1]) if plan.series_ids else (x, y), plan.dtype)
+            out = w._finish_chunk(resident.chunk(ids[0], ids[1] if series else None, plan.series_ids), plan.dtype)
             ready = _record(stream)
         slot.event = ready
         yield Chunk(out, lo, ready)

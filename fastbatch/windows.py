@@ -559,6 +559,12 @@ class SlidingWindows:
     #: What a batch's tuple of fields becomes (``None``: the tuple itself).
     _batch_type = None
 
+    def _device_windows(self, device, out_dtype, mean, std):
+        """The windows on ``device``, for ``placement="device"``: a ``chunk(ids, series, series_ids)`` maker."""
+        from fastbatch.device import DeviceWindows
+
+        return DeviceWindows(self, device, out_dtype, mean, std)
+
     def _check_loader(self, *, normalize: Any, placement: str, gather_dtype: np.dtype) -> str:
         """Refuse loader options these windows cannot take (naming them); the placement to use."""
         return placement

@@ -89,12 +89,33 @@ def test_random_tables_through_the_loader_equal_the_reference(case):
             assert int(b[2][r]) == rec["series"]
 
 
-def test_the_pinned_path_gives_the_same_batches():
-    w = _windows(scale="standard")
-    expected = as_numpy(fb.WindowLoader(w, batch_size=32, shuffle=True, seed=1, prefetch=0))
-    loader = fb.WindowLoader(w, batch_size=32, shuffle=True, seed=1, prefetch=2)
-    loader._path = "pinned"
-    assert_same_batches(as_numpy(loader), expected, "pinned path")
+@pytest.mark.parametrize("path", ["pinned", "resident"])
+@pytest.mark.parametrize("scale", [None, "standard"])
+@pytest.mark.parametrize("dtype", ["float32", torch.bfloat16])
+def test_every_path_gives_the_same_batches(path, scale, dtype):
+    """The pinned copy and the device-resident gather (torch, here on CPU tensors) give the host gather's bits."""
+    def run(p, prefetch):
+        loader = fb.WindowLoader(_windows(scale=scale), batch_size=32, shuffle=True, seed=1, prefetch=prefetch,
+                                 dtype=dtype)
+        loader._path = p
+        return as_numpy(tuple(t.float() if t.dtype == torch.bfloat16 else t for t in b) for b in loader)
+
+    assert_same_batches(run(path, 2), run("cpu", 0), f"{path} path")
+
+
+def test_the_resident_path_resumes_and_keeps_split_windows():
+    train, valid = _windows(scale="robust").split(last=20)
+    expected = as_numpy(fb.WindowLoader(valid, batch_size=16, order="feistel", seed=2, prefetch=0))
+    loader = fb.WindowLoader(valid, batch_size=16, order="feistel", seed=2)
+    loader._path = "resident"
+    it = iter(loader)
+    head = as_numpy(next(it) for _ in range(2))
+    state = loader.state_dict()
+    del it
+    again = fb.WindowLoader(valid, batch_size=16, order="feistel", seed=2)
+    again._path = "resident"
+    again.load_state_dict(state)
+    assert_same_batches(head + as_numpy(again), expected, "resident, resumed at batch 2")
 
 
 @pytest.mark.parametrize("order", ["shuffle", "feistel", "block"])
@@ -183,7 +204,6 @@ def test_split_trains_before_the_cutoff_and_scales_with_training_statistics_only
     "kwargs,error,match",
     [
         (dict(normalize=True), ValueError, "scale='standard'"),
-        (dict(placement="device"), ValueError, "placement='device' does not take windows from a table"),
         (dict(dtype="int32"), TypeError, "dtype must be float32, float64 or torch.bfloat16"),
     ],
 )
