@@ -16,7 +16,6 @@ import pytest
 import torch
 
 import fastbatch as fb
-from fastbatch.compat import WindowBatch
 from helpers_resume import as_numpy, assert_same_batches
 from reference import assert_batches_equal, reference_batches, reference_count, series
 

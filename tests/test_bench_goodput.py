@@ -13,7 +13,7 @@ from rich.console import Console
 from bench import cli
 from bench.config import BenchConfig
 from bench.data import write_synthetic
-from bench.goodput import adascale_gain, apply_goodput, efficiency, learning_rates, parse_reference_lr
+from bench.goodput import adascale_gain, efficiency, learning_rates, parse_reference_lr
 from bench.harness import Prepared, _noise_scale, build_report
 from bench.noise_run import checkpoints, measure_in_child, summarise
 from bench.report import summary, table, write_all
