@@ -15,13 +15,19 @@ import numba
 DISABLE_JIT = os.environ.get("FASTBATCH_DISABLE_JIT", "") not in ("", "0")
 
 
-def jit(parallel: bool = False):
-    """Decorate a kernel: ``njit(nogil=True, cache=True, parallel=...)``."""
+# Floating-point reductions may be reordered (so that they vectorise), never assume away NaN or infinity:
+# a non-finite input must still give a non-finite result.
+REASSOCIATE = frozenset({"reassoc", "contract", "nsz"})
+
+
+def jit(parallel: bool = False, fastmath: frozenset[str] | bool = False):
+    """Decorate a kernel: ``njit(nogil=True, cache=True, parallel=..., fastmath=...)``."""
 
     def wrap(fn):
         if DISABLE_JIT:
             return fn
-        return numba.njit(nogil=True, cache=True, parallel=parallel, error_model="numpy")(fn)
+        flags = set(fastmath) if isinstance(fastmath, frozenset) else fastmath
+        return numba.njit(nogil=True, cache=True, parallel=parallel, fastmath=flags, error_model="numpy")(fn)
 
     return wrap
 

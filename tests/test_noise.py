@@ -500,3 +500,53 @@ def test_the_examples_of_docs_batch_size_run(tmp_path, monkeypatch, capsys):
         exec(compile(block, f"docs/batch-size.md block {index}", "exec"), {"__name__": "__docs__"})
     printed = capsys.readouterr().out
     assert "B_simple = " in printed and printed.rstrip().endswith("True")  # the online example's biased flag
+
+
+def test_a_non_finite_gradient_skips_its_differenced_step_and_the_next():
+    model, batches, *_ = regression(4, 1.0, 1.0, n_batches=6, batch_size=32)
+    gns = fb.GradientNoiseScale(model)
+    train_steps(model, gns, batches[:3])
+    before = (gns.grad_sq, gns.trace_cov)
+    x, y = batches[3]
+    bad = x.clone()
+    bad[0, 0] = float("inf")
+    train_steps(model, gns, [(bad, y)])  # differenced against the bad gradient: skipped
+    train_steps(model, gns, batches[4:5])  # ... and so is the step after it
+    assert (gns.updates, gns.skipped) == (2, 2) and (gns.grad_sq, gns.trace_cov) == before
+    train_steps(model, gns, batches[5:])
+    assert (gns.updates, gns.skipped) == (3, 2) and gns.grad_sq != before[0]
+
+
+@pytest.mark.parametrize("parts", [1, 1.5, 4])
+def test_the_cpu_arithmetic_agrees_with_the_tensor_code_of_other_devices(parts):
+    # The compiled buffer and float averages of the CPU against the tensor operations run
+    # elsewhere (on CUDA), here run on CPU tensors. 1.5: one part accumulated per step.
+    model, batches, *_ = regression(6, 1.0, 0.5, n_batches=12, batch_size=32)
+    figures = []
+    for on_host in (True, False):
+        gns = fb.GradientNoiseScale(model, beta=0.8)
+        gns._on_host = on_host
+        if parts == 1.5:
+            train_steps(model, gns, batches, accumulate=True)
+        else:
+            train_steps(model, gns, batches, parts=parts)
+        assert isinstance(gns._ema, list) is on_host
+        figures.append((gns.grad_sq, gns.trace_cov, gns.updates, gns.biased, gns.state_dict()["ema"]))
+    assert figures[0][:2] == pytest.approx(figures[1][:2], rel=1e-6)
+    assert figures[0][2:4] == figures[1][2:4]
+    assert figures[0][4] == pytest.approx(figures[1][4], rel=1e-6)
+
+
+def test_a_state_saved_on_the_cpu_resumes_through_the_tensor_code():
+    model, batches, *_ = regression(4, 1.0, 1.0, n_batches=8, batch_size=32)
+    saved = fb.GradientNoiseScale(model, beta=0.7)
+    train_steps(model, saved, batches[:4], parts=2)
+    for on_host in (True, False):
+        resumed = fb.GradientNoiseScale(model, beta=0.7)
+        resumed._on_host = on_host
+        resumed.load_state_dict(saved.state_dict())
+        train_steps(model, resumed, batches[4:], parts=2)
+        assert resumed.updates == 8 and isinstance(resumed._ema, list) is on_host
+        if on_host:
+            expected = (resumed.grad_sq, resumed.trace_cov)
+    assert (resumed.grad_sq, resumed.trace_cov) == pytest.approx(expected, rel=1e-6)

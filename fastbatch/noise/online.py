@@ -38,6 +38,10 @@ DIFFERENCED = ((0.25, 0.25), (0.25, 0.0))
 
 
 class GradientNoiseScale:
+    # On a CPU the buffer's passes are compiled loops and the averages Python floats. False runs the
+    # code of the other devices (tensor operations) on the CPU: the tests compare the two.
+    _on_host = True
+
     """Track ``B_simple = tr(Σ) / |G|²`` during training from the gradients the loop computes anyway.
 
     Call :meth:`step` after the backward pass(es) of each optimizer step,
@@ -103,8 +107,10 @@ class GradientNoiseScale:
         distributed = dist.is_available() and dist.is_initialized()
         self.world_size = dist.get_world_size(process_group) if distributed else 1
         self.biased = False
-        self._ema: torch.Tensor | None = None  # [|G|² sum, tr(Σ) sum, weight], each already × (1 - beta)
-        self._finite: torch.Tensor | None = None  # updates whose estimate was finite, on the device
+        # [|G|² sum, tr(Σ) sum, weight], each already × (1 - beta); and the updates whose estimate was
+        # finite. Tensors on the gradients' device; a list and an int when that is the CPU.
+        self._ema: torch.Tensor | list[float] | None = None
+        self._finite: torch.Tensor | int | None = None
         self._updates = 0  # updates tried
         self._parts = 0  # micro-batches since the last step
         self._parts_sq: torch.Tensor | None = None  # Σ |part's gradient contribution|²
@@ -128,7 +134,6 @@ class GradientNoiseScale:
             # If this turns out to be the step's only part, step() falls back to the
             # differenced estimator, which needs the previous step's gradient: use it now.
             self._differenced = self._against_previous_step(grads, buffer)
-            buffer.copy_(grads)
             part_sq = buffer.squared_norm()
         else:
             buffer.sub_(grads)  # the running sum before this part minus after it
@@ -150,9 +155,11 @@ class GradientNoiseScale:
             ``scaler.unscale_(optimizer)`` while the micro-batches or DDP ranks
             were measured before unscaling. bf16 needs no loss scaling.
         """
-        batch_size = check_int("batch_size", batch_size, minimum=1)
-        if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float)) or not loss_scale > 0:
-            raise ValueError(f"loss_scale must be a number > 0, got loss_scale={_show(loss_scale)}")
+        if batch_size.__class__ is not int or batch_size < 1:  # the checks, cheap in the usual case
+            batch_size = check_int("batch_size", batch_size, minimum=1)
+        if loss_scale.__class__ is not float or not loss_scale > 0:
+            if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float)) or not loss_scale > 0:
+                raise ValueError(f"loss_scale must be a number > 0, got loss_scale={_show(loss_scale)}")
         phase = self._steps % self.every
         if phase == self.every - 1:
             grads = self._grads()
@@ -201,7 +208,7 @@ class GradientNoiseScale:
     @property
     def updates(self) -> int:
         """Steps whose estimate entered the averages."""
-        return 0 if self._finite is None else int(self._finite.item())
+        return 0 if self._finite is None else int(_host(self._finite))
 
     @property
     def skipped(self) -> int:
@@ -214,7 +221,7 @@ class GradientNoiseScale:
         After :meth:`load_state_dict` the differenced estimator needs one step
         to refill its buffer before it updates again.
         """
-        ema = [0.0, 0.0, 0.0] if self._ema is None else self._ema.tolist()
+        ema = [0.0, 0.0, 0.0] if self._ema is None else _host(self._ema)
         return {"version": STATE_VERSION, "biased": self.biased, "ema": ema, "attempts": self._updates,
                 "skipped": self.skipped, "steps": self._steps}
 
@@ -229,10 +236,10 @@ class GradientNoiseScale:
         ema = torch.tensor(state["ema"], dtype=torch.float64)
         if ema.shape != (3,):
             raise ValueError(f"state['ema'] must hold 3 numbers, got {state['ema']!r}")
-        self._ema = ema
+        self._ema = ema.tolist()
         self._updates = int(state["attempts"])
         self._steps = int(state["steps"])
-        self._finite = torch.tensor(self._updates - int(state["skipped"]), dtype=torch.float64)
+        self._finite = self._updates - int(state["skipped"])
         self.biased = bool(state["biased"])
         self._buffer_is_step = False
 
@@ -250,21 +257,30 @@ class GradientNoiseScale:
 
     def _gradient_buffer(self) -> GradientBuffer:
         if self._buffer is None:
-            self._buffer = GradientBuffer(self._params)
+            self._buffer = GradientBuffer(self._params, fuse=self._on_host)
         return self._buffer
 
-    def _against_previous_step(self, grads, buffer: GradientBuffer) -> torch.Tensor | None:
-        """``[|g + g_prev|², |g - g_prev|²]``, or None without a previous step; leaves ``buffer`` to be overwritten.
+    def _against_previous_step(self, grads, buffer: GradientBuffer) -> torch.Tensor | list[float] | None:
+        """``[|g + g_prev|², |g - g_prev|²]``, or None without a previous step; leaves ``grads`` in ``buffer``.
 
-        The sum and the difference, not ``|g|²`` and ``|g_prev|²``: ``tr(Σ)`` then
-        comes from a sum of squares instead of a difference of two large ones.
+        On a CPU from ``|g|²``, ``g·g_prev`` and ``|g_prev|²``, summed in float64
+        in one pass (see ``GradientBuffer.difference``): ``|g - g_prev|²`` is then
+        a difference of large sums, but of sums accurate to about 1e-16 of their
+        size. Elsewhere the sum and the difference are formed in the buffer and
+        their squares summed, so that ``tr(Σ)`` comes from a sum of squares.
         """
         if not self._buffer_is_step:
+            buffer.copy_(grads)
             return None
+        if buffer.fused:  # floats, as _update takes them on the CPU
+            gg, gh, hh = buffer.difference(grads)
+            return [gg + 2.0 * gh + hh, gg - 2.0 * gh + hh]
         buffer.sub_(grads)
         minus = buffer.squared_norm()
         buffer.add_(grads, alpha=2.0)
-        return torch.stack([buffer.squared_norm(), minus])
+        measured = torch.stack([buffer.squared_norm(), minus])
+        buffer.copy_(grads)
+        return measured
 
     def _step_ranks(self, grads, batch_size: int, loss_scale: float) -> None:
         parts = max(max(self._fired), 1)  # backward passes on this rank since the last step
@@ -293,46 +309,65 @@ class GradientNoiseScale:
         if self._parts == 1:  # accumulate() ran once: it did the work and holds this step's gradient
             measured = self._differenced
         else:
-            buffer = self._gradient_buffer()
-            measured = self._against_previous_step(grads, buffer)
-            buffer.copy_(grads)
+            measured = self._against_previous_step(grads, self._gradient_buffer())
         if measured is not None:
             self._update(measured, DIFFERENCED, batch_size, 2, biased=True)
         self._buffer_is_step = True
 
-    def _update(self, measured: torch.Tensor, combine, b: float, n: int, *, biased: bool) -> None:
-        """Fold ``two_sizes(combine @ measured)`` into the averages, on the device (no host sync)."""
+    def _update(self, measured: torch.Tensor | list[float], combine, b: float, n: int, *, biased: bool) -> None:
+        """Fold ``two_sizes(combine @ measured)`` into the averages, on the device (no host sync).
+
+        On a CPU reading the figures costs no sync, and the few float64 operations
+        cost more as tensor operations than as Python arithmetic: they are done there.
+        """
         if biased != self.biased:
             self._ema, self._finite, self._updates = None, None, 0  # different estimators: start again
             self.biased = biased
-        matrix, offset = self._coefficients(combine, b, n, measured.device)
+        device = measured.device if isinstance(measured, torch.Tensor) else torch.device("cpu")
+        rows, matrix, offset = self._coefficients(combine, b, n, device)
+        self._updates += 1
+        if not self._on_host and not isinstance(measured, torch.Tensor):
+            measured = torch.tensor(measured, dtype=torch.float64)
+        if not isinstance(measured, torch.Tensor) or (measured.device.type == "cpu" and self._on_host):
+            small, big = measured.tolist() if isinstance(measured, torch.Tensor) else measured
+            (a, b), (c, d) = rows[0], rows[1]
+            grad_sq, trace_cov = a * small + b * big, c * small + d * big
+            finite = math.isfinite(grad_sq) and math.isfinite(trace_cov)
+            ema = [0.0, 0.0, 0.0] if self._ema is None else _host(self._ema)
+            if finite:  # torch.lerp([|G|², tr(Σ), 1], ema, beta)
+                beta = self.beta
+                ema = [grad_sq + beta * (ema[0] - grad_sq), trace_cov + beta * (ema[1] - trace_cov),
+                       1.0 + beta * (ema[2] - 1.0)]
+            self._ema = ema
+            self._finite = (0 if self._finite is None else int(_host(self._finite))) + finite
+            return
         values = torch.addmv(offset, matrix, measured)  # [|G|², tr(Σ), 1]
         if self._ema is None:
             self._ema = torch.zeros_like(values)
             self._finite = torch.zeros((), dtype=torch.float64, device=values.device)
-        elif self._ema.device != values.device:  # loaded from a state_dict
-            self._ema, self._finite = self._ema.to(values.device), self._finite.to(values.device)
+        elif not isinstance(self._ema, torch.Tensor) or self._ema.device != values.device:  # from the CPU
+            self._ema = torch.tensor(_host(self._ema), dtype=torch.float64, device=values.device)
+            self._finite = torch.tensor(_host(self._finite), dtype=torch.float64, device=values.device)
         finite = torch.isfinite(values).all()
         self._ema = torch.where(finite, torch.lerp(values, self._ema, self.beta), self._ema)
         self._finite.add_(finite)
-        self._updates += 1
 
-    def _coefficients(self, combine, b: float, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The 3×k matrix taking the measured squares to ``[|G|², tr(Σ), 0]``: cached, as it rarely changes."""
+    def _coefficients(self, combine, b: float, n: int, device) -> tuple[list, torch.Tensor, torch.Tensor]:
+        """The 3×k matrix taking the measured squares to ``[|G|², tr(Σ), 0]``, as lists and as a tensor; cached."""
         key = (combine, b, n, device)
         if self._cached is None or self._cached[0] != key:
             per_small, per_big = two_sizes(1.0, 0.0, b, n), two_sizes(0.0, 1.0, b, n)  # linear: by columns
             rows = [[per_small[r] * combine[0][j] + per_big[r] * combine[1][j] for j in range(len(combine[0]))]
                     for r in range(2)]
             rows.append([0.0] * len(combine[0]))
-            self._cached = (key, torch.tensor(rows, dtype=torch.float64, device=device),
+            self._cached = (key, rows, torch.tensor(rows, dtype=torch.float64, device=device),
                             torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=device))
-        return self._cached[1], self._cached[2]
+        return self._cached[1:]
 
     def _averages(self) -> tuple[float | None, float | None]:
         if self._ema is None:
             return None, None
-        grad_sq, trace_cov, weight = self._ema.tolist()
+        grad_sq, trace_cov, weight = _host(self._ema)
         if weight == 0:
             return None, None
         return grad_sq / weight, trace_cov / weight
@@ -347,3 +382,8 @@ class GradientNoiseScale:
             self._fired[index] += 1
 
         return hook
+
+
+def _host(value):
+    """A figure of the averages as Python numbers, wherever it is kept."""
+    return value.tolist() if isinstance(value, torch.Tensor) else value
