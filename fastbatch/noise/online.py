@@ -323,15 +323,14 @@ class GradientNoiseScale:
         if biased != self.biased:
             self._ema, self._finite, self._updates = None, None, 0  # different estimators: start again
             self.biased = biased
-        device = measured.device if isinstance(measured, torch.Tensor) else torch.device("cpu")
-        rows, matrix, offset = self._coefficients(combine, b, n, device)
         self._updates += 1
-        if not self._on_host and not isinstance(measured, torch.Tensor):
-            measured = torch.tensor(measured, dtype=torch.float64)
-        if not isinstance(measured, torch.Tensor) or (measured.device.type == "cpu" and self._on_host):
+        on_device = isinstance(measured, torch.Tensor) and (measured.device.type != "cpu" or not self._on_host)
+        device = measured.device if on_device else None
+        rows, matrix, offset = self._coefficients(combine, b, n, device)
+        if not on_device:
             small, big = measured.tolist() if isinstance(measured, torch.Tensor) else measured
-            (a, b), (c, d) = rows[0], rows[1]
-            grad_sq, trace_cov = a * small + b * big, c * small + d * big
+            grad_sq = rows[0][0] * small + rows[0][1] * big
+            trace_cov = rows[1][0] * small + rows[1][1] * big
             finite = math.isfinite(grad_sq) and math.isfinite(trace_cov)
             ema = [0.0, 0.0, 0.0] if self._ema is None else _host(self._ema)
             if finite:  # torch.lerp([|G|², tr(Σ), 1], ema, beta)
@@ -352,7 +351,7 @@ class GradientNoiseScale:
         self._ema = torch.where(finite, torch.lerp(values, self._ema, self.beta), self._ema)
         self._finite.add_(finite)
 
-    def _coefficients(self, combine, b: float, n: int, device) -> tuple[list, torch.Tensor, torch.Tensor]:
+    def _coefficients(self, combine, b: float, n: int, device) -> tuple[list, torch.Tensor | None, torch.Tensor | None]:
         """The 3×k matrix taking the measured squares to ``[|G|², tr(Σ), 0]``, as lists and as a tensor; cached."""
         key = (combine, b, n, device)
         if self._cached is None or self._cached[0] != key:
@@ -360,8 +359,10 @@ class GradientNoiseScale:
             rows = [[per_small[r] * combine[0][j] + per_big[r] * combine[1][j] for j in range(len(combine[0]))]
                     for r in range(2)]
             rows.append([0.0] * len(combine[0]))
-            self._cached = (key, rows, torch.tensor(rows, dtype=torch.float64, device=device),
-                            torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=device))
+            tensors = (None, None) if device is None else (  # None: the Python arithmetic of the CPU
+                torch.tensor(rows, dtype=torch.float64, device=device),
+                torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=device))
+            self._cached = (key, rows, *tensors)
         return self._cached[1:]
 
     def _averages(self) -> tuple[float | None, float | None]:
