@@ -80,9 +80,13 @@ class GradientBuffer:
         dtype = self._flat.dtype
         gg = gh = hh = 0.0
         for grad, held in zip(grads, self._held):
-            if grad.dtype != dtype or grad.requires_grad or not grad.is_contiguous():
-                grad = grad.detach().to(dtype).contiguous()
-            a, b, c = difference_into(grad.numpy(), held)
+            if grad.dtype is not dtype:  # half precision, kept in float32
+                grad = grad.to(dtype)
+            try:
+                grad = grad.numpy()  # any strides: the loop reads a copy of a gradient that is not contiguous
+            except RuntimeError:  # a gradient that is part of a graph (create_graph=True)
+                grad = grad.detach().numpy()
+            a, b, c = difference_into(grad, held)
             gg += a
             gh += b
             hh += c
@@ -101,11 +105,12 @@ def squares(a):
 
 @jit(fastmath=REASSOCIATE)
 def difference_into(a, b):
-    """``(a·a, a·b, b·b)`` of two C-contiguous arrays of one shape, accumulated in float64; then ``b[:] = a``.
+    """``(a·a, a·b, b·b)`` of two arrays of one shape, accumulated in float64; then ``b[:] = a``.
 
-    One pass. Any number of dimensions: the arrays are read as flat.
+    One pass. Any number of dimensions; ``b`` C-contiguous, ``a`` of any
+    strides (read through a copy unless C-contiguous).
     """
-    a = a.reshape(a.size)
+    a = a.ravel()
     b = b.reshape(b.size)
     aa = 0.0
     ab = 0.0
