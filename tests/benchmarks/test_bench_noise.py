@@ -28,7 +28,7 @@ from test_models import one_thread  # noqa: F401 - the fixture: one intra-op thr
 # windows and batches sized so that a step of each takes milliseconds to tens of them on 2 cores.
 SETTINGS = [("mlp", 256, 64), ("mlp", 1024, 64), ("cnn", 64, 32), ("lstm", 64, 32), ("transformer", 32, 32)]
 ROUNDS = 7
-RATIO_ROUNDS = 11
+RATIO_ROUNDS = 21
 
 
 class Training:
