@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastbatch.panel import (Panel, PanelArrays, PanelOptions, PanelTime, Scaler, WindowIndex, empty_arrays,
-                             gather, split, windows)
+                             gather, runs, split, windows)
 from reference import lay_out
 from reference_frames import reference_gather_panel
 
@@ -96,6 +96,32 @@ def test_split_windows_gather_matches_reference(data, scratch):
     for index in (train, valid):
         ids = np.arange(len(index), dtype=np.int64)
         check_against_reference(panel, index, ids)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("scale", [None, "robust"])
+def test_row_major_panels_take_the_runs_kernel_and_others_the_strided_one(layout, scale, scratch, monkeypatch):
+    """Row-major values and future (C, read-only, memory-mapped) are copied as runs, any other layout by the
+    strided kernel; both give the reference's windows, with a static block of odd strides beside them."""
+    from fastbatch import panel as pn
+
+    rng = np.random.default_rng(2)
+    o = PanelOptions(id="id", time="t", target=("a", "b"), past=("p",), future=("f", "g"), static=("s", "u"),
+                     window=5, horizon=3, stride=2, scale=scale)
+    values = lay_out(rng.normal(size=(80, 3)).astype(np.float32), layout, scratch)
+    future = lay_out(rng.normal(size=(80, 2)), layout, scratch)
+    static = lay_out(rng.normal(size=(3, 2)), "cols", scratch)
+    panel = Panel(values, future, static, np.array([40, 9, 31], np.int64), np.arange(3),
+                  PanelTime(np.zeros(3, np.int64), np.ones(3, np.int64)), o)
+    row_major = layout in ("C", "readonly", "memmap")
+    assert runs(panel) == row_major
+    called = []
+    run_parallel = pn.run_parallel
+    monkeypatch.setattr(pn, "run_parallel", lambda kernel, *args: called.append(kernel) or run_parallel(kernel, *args))
+    index = windows(panel)
+    called.clear()
+    check_against_reference(panel, index, rng.permutation(len(index)))
+    assert called == [pn.gather_panel_runs if row_major else pn.gather_panel_kernel]
 
 
 def test_every_window_once_in_order():
