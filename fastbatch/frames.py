@@ -376,6 +376,10 @@ def build(table: _Columns, o: PanelOptions) -> Panel:
     for name, col in zip(names, values_cols + blocks["future"]):
         layout.check_nulls(name, col)
     static = layout.static_rows(o.static, blocks["static"])
+    # Every check is done: the per-row series codes (8 bytes a row) go
+    # before the arrays are made, so the two are never held together.
+    del codes, ticks
+    layout.checked()
     values = layout.gather(values_cols)
     future = layout.gather(blocks["future"])
     time = PanelTime(layout.start, layout.step, unit, tz)
@@ -454,40 +458,27 @@ class _Layout:
                  o: PanelOptions) -> None:
         self.o, self.axis, self.ids = o, axis, series_ids
         self.codes, self.ticks = codes, ticks  # source order, for messages
-        self._first = None
-        n = codes.shape[0]
-        same = codes[1:] == codes[:-1]
-        in_order = (codes[1:] > codes[:-1]) | (same & (ticks[1:] > ticks[:-1]))
-        self.order = None if in_order.all() else _sort_order(codes, ticks)
-        if self.order is not None:
-            codes, ticks = codes[self.order], ticks[self.order]
-            same = codes[1:] == codes[:-1]
-        diff = ticks[1:] - ticks[:-1]
-        dup = same & (diff == 0)
-        if dup.any():
-            r = int(np.argmax(dup))
-            raise ValueError(f"series {self._show_id(codes[r])} has two rows at time {axis.show(ticks[r])} "
-                             f"(column {o.time!r}); each (id, time) pair must be unique")
-        counts = np.bincount(codes, minlength=series_ids.shape[0])
-        starts = np.zeros(counts.shape[0], np.int64)
+        # The checks read the rows in (series, time) order through the sort,
+        # in kernels: no temporary of the table's length when it is in order.
+        self.order = None if rows_in_order(codes, ticks) else _sort_order(codes, ticks)
+        n_series = series_ids.shape[0]
+        counts = np.zeros(n_series, np.int64)
+        smallest = np.full(n_series, _INT64_MAX, np.int64)
+        r = scan_series(codes, ticks, self.order, counts, smallest)
+        if r >= 0:
+            raise ValueError(f"series {self._show_id(self._sorted(codes, r))} has two rows at time "
+                             f"{axis.show(self._sorted(ticks, r))} (column {o.time!r}); each (id, time) pair "
+                             "must be unique")
+        starts = np.zeros(n_series, np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
-        self.step = self._steps(codes, ticks, same, diff, starts)
-        step_row = self.step[codes[:-1]]
-        irregular = same & (diff % step_row != 0)
-        if irregular.any():
-            r = int(np.argmax(irregular))
-            raise ValueError(
-                f"series {self._show_id(codes[r])} is not regular in column {o.time!r}: {axis.show(ticks[r + 1])} "
-                f"follows {axis.show(ticks[r])}, which is not a whole number of its steps of {int(step_row[r])}")
-        gaps = same & (diff != step_row)
-        if gaps.any() and o.fill == "raise":
-            r = int(np.argmax(gaps))
-            raise ValueError(
-                f"series {self._show_id(codes[r])} has a gap in column {o.time!r}: the step after "
-                f"{axis.show(ticks[r])}, {axis.show(ticks[r] + step_row[r])}, is missing (next: "
-                f"{axis.show(ticks[r + 1])}); pass fill='ffill' or fill='nan' to insert missing steps")
-        first = ticks[starts] if n else starts
-        last = ticks[starts + counts - 1]
+        self._starts = starts
+        given = 0 if o.step is None else _step_ticks(o.step, axis)
+        self.step = np.full(n_series, given, np.int64) if given else np.where(smallest == _INT64_MAX, 1, smallest)
+        found = scan_steps(codes, ticks, self.order, self.step, given > 0)
+        self._check_steps(codes, ticks, found)
+        self.has_gaps = found[2] >= 0
+        first = self._sorted(ticks, starts)
+        last = self._sorted(ticks, starts + counts - 1)
         lengths = (last - first) // self.step + 1
         span = o.window + o.horizon
         self.keep = lengths >= span
@@ -497,26 +488,36 @@ class _Layout:
                 f"{int(lengths.max())}); none is left", n_series=int(lengths.shape[0]))
         self.skipped = int((~self.keep).sum())
         self.lengths = lengths[self.keep].astype(np.int64)
-        self.has_gaps = bool(gaps.any())
         self.source = self._source_rows(codes, ticks, starts, first, lengths)
         self.start, self.step = first[self.keep], self.step[self.keep]
 
-    def _steps(self, codes, ticks, same, diff, starts) -> np.ndarray:
-        """Each series' step: ``step=`` or its smallest difference between consecutive times."""
-        o = self.o
-        n_series = starts.shape[0]
-        if o.step is not None:
-            step = _step_ticks(o.step, self.axis)
-            small = same & (diff < step)
-            if small.any():
-                r = int(np.argmax(small))
-                raise ValueError(f"series {self._show_id(codes[r])}: {self.axis.show(ticks[r + 1])} follows "
-                                 f"{self.axis.show(ticks[r])}, closer than step={o.step!r}")
-            return np.full(n_series, step, np.int64)
-        within = np.full(codes.shape[0], _INT64_MAX, np.int64)
-        within[:-1][same] = diff[same]
-        step = np.minimum.reduceat(within, starts) if within.size else within
-        return np.where(step == _INT64_MAX, 1, step).astype(np.int64)
+    def _sorted(self, a: np.ndarray, rows: Any) -> Any:
+        """``a`` at positions ``rows`` of the (series, time) order."""
+        return a[rows] if self.order is None else a[self.order[rows]]
+
+    def _check_steps(self, codes: np.ndarray, ticks: np.ndarray, found: np.ndarray) -> None:
+        """Raise for the first row closer than ``step=``, then not regular, then followed by a gap (fill='raise')."""
+        o, axis = self.o, self.axis
+        close, irregular, gap = (int(r) for r in found)
+        if close >= 0:
+            r = close
+            raise ValueError(f"series {self._show_id(self._sorted(codes, r))}: {axis.show(self._sorted(ticks, r + 1))} "
+                             f"follows {axis.show(self._sorted(ticks, r))}, closer than step={o.step!r}")
+        if irregular >= 0:
+            r = irregular
+            a, b = self._sorted(ticks, r), self._sorted(ticks, r + 1)
+            code = self._sorted(codes, r)
+            raise ValueError(
+                f"series {self._show_id(code)} is not regular in column {o.time!r}: {axis.show(b)} follows "
+                f"{axis.show(a)}, which is not a whole number of its steps of {int(self.step[code])}")
+        if gap >= 0 and o.fill == "raise":
+            r = gap
+            a, b = self._sorted(ticks, r), self._sorted(ticks, r + 1)
+            code = self._sorted(codes, r)
+            raise ValueError(
+                f"series {self._show_id(code)} has a gap in column {o.time!r}: the step after "
+                f"{axis.show(a)}, {axis.show(a + self.step[code])}, is missing (next: "
+                f"{axis.show(b)}); pass fill='ffill' or fill='nan' to insert missing steps")
 
     def _source_rows(self, codes, ticks, starts, first, lengths) -> np.ndarray | None:
         """For each output row, its source row; None for the identity.
@@ -527,6 +528,8 @@ class _Layout:
         self.inserted = None
         if self.order is None and not self.has_gaps and self.keep.all():
             return None
+        if self.order is not None:
+            codes, ticks = codes[self.order], ticks[self.order]
         out_starts = np.zeros(lengths.shape[0], np.int64)
         np.cumsum(np.where(self.keep, lengths, 0)[:-1], out=out_starts[1:])
         keep_row = self.keep[codes]
@@ -551,15 +554,13 @@ class _Layout:
         """Refuse NaN (fill='raise'), and a NaN in a series' first row for fill='ffill'."""
         if col.dtype.kind != "f" or self.o.fill == "nan":
             return
-        nan = np.isnan(col)
-        if not nan.any():
+        r = first_nan(_kernel_column(col))
+        if r < 0:
             return
         if self.o.fill == "raise":
-            r = int(np.argmax(nan))
             raise ValueError(f"column {name!r} holds a null/NaN in series {self._show_id(self.codes[r])} at time "
                              f"{self.axis.show(self.ticks[r])}; pass fill='ffill' or fill='nan', or clean it first")
-        first_rows = self._first_source_rows()
-        bad = nan[first_rows]
+        bad = np.isnan(col[self._first_source_rows()])
         if bad.any():
             s = int(np.argmax(bad))
             raise ValueError(f"column {name!r} holds a null/NaN in the first row of series {self._show_id(s)}: "
@@ -567,15 +568,7 @@ class _Layout:
 
     def _first_source_rows(self) -> np.ndarray:
         """The source row of each series' first time step (all series, kept or not)."""
-        if self._first is None:
-            self._first = self._find_first_source_rows()
-        return self._first
-
-    def _find_first_source_rows(self) -> np.ndarray:
-        counts = np.bincount(self.codes, minlength=self.ids.shape[0])
-        starts = np.zeros(counts.shape[0], np.int64)
-        np.cumsum(counts[:-1], out=starts[1:])
-        return starts if self.order is None else self.order[starts]
+        return self._starts if self.order is None else self.order[self._starts]
 
     def static_rows(self, names: Sequence[str], cols: list[np.ndarray]) -> np.ndarray:
         """``(n_kept_series, n_static)``: each static column's value per series, checked constant."""
@@ -583,13 +576,13 @@ class _Layout:
         out = np.empty((int(self.keep.sum()), len(cols)), _common_dtype(cols, False))
         for j, (name, col) in enumerate(zip(names, cols)):
             per_series = col[first]
-            if col.dtype.kind == "f" and np.isnan(per_series).any() | np.isnan(col).any():
-                r = int(np.argmax(np.isnan(col)))
+            kernel_col = _kernel_column(col)
+            r = first_nan(kernel_col) if col.dtype.kind == "f" else -1
+            if r >= 0:
                 raise ValueError(f"static column {name!r} holds a null/NaN in series {self._show_id(self.codes[r])} "
                                  f"at time {self.axis.show(self.ticks[r])}")
-            varies = col != per_series[self.codes]
-            if varies.any():
-                r = int(np.argmax(varies))
+            r = first_varying(kernel_col, kernel_col[first], self.codes)
+            if r >= 0:
                 s = int(self.codes[r])
                 raise ValueError(f"static column {name!r} varies within series {self._show_id(s)}: "
                                  f"{_plain(per_series[s])!r} and {_plain(col[r])!r} (at time "
@@ -597,40 +590,66 @@ class _Layout:
             out[:, j] = per_series[self.keep]
         return out
 
+    def checked(self) -> None:
+        """Drop what only the checks and their messages read (the rows' codes, times and sort)."""
+        self.codes = self.ticks = self.order = None
+
     def gather(self, cols: list[np.ndarray]) -> np.ndarray:
-        """The columns as one ``(N_out, len(cols))`` array in output row order (a view when it can be)."""
+        """The columns as one row-major ``(N_out, len(cols))`` array in output row order (a view when it can be).
+
+        Row-major, so that a window's rows are one contiguous run for the
+        gather (:func:`fastbatch.panel.gather_panel_runs`).  Filled column by
+        column by a kernel that reads each source column once, through the
+        sort when there is one: no temporary of the data's size.
+        """
         n_out = int(self.lengths.sum())
         nan_rows = self.inserted is not None and self.o.fill == "nan"
         dtype = _common_dtype(cols, nan_rows)
-        ffill = self.o.fill == "ffill" and any(c.dtype.kind == "f" and np.isnan(c).any() for c in cols)
-        if self.source is None and len(cols) == 1 and cols[0].dtype == dtype and not ffill:
+        ffill = self.o.fill == "ffill" and any(c.dtype.kind == "f" and first_nan(_kernel_column(c)) >= 0 for c in cols)
+        if self.source is None and len(cols) == 1 and cols[0].dtype == dtype and not ffill \
+                and cols[0].flags.c_contiguous:
             return cols[0][:, None]  # the source itself: no copy
-        # Column by column into a (F, N) block, so each copy is one contiguous
-        # run; its transpose is the (N, F) array the gather reads.
-        out = np.empty((len(cols), n_out), dtype).T
+        out = np.empty((n_out, len(cols)), dtype)
         for j, col in enumerate(cols):
-            if self.source is None:
-                out[:, j] = col
-            elif col.dtype == dtype:
-                np.take(col, self.source, out=out[:, j])  # no temporary
-            else:
-                out[:, j] = col[self.source]
+            fill_column(out, j, _kernel_column(col), self.source)
         if nan_rows:
             out[self.inserted] = np.nan
         if ffill:
-            _ffill_columns(out)
+            ffill_rows(out)
         return out
 
 
-def _ffill_columns(out: np.ndarray) -> None:
-    """Carry each column's last value over NaN (check_nulls made sure no series starts with one)."""
-    for j in range(out.shape[1]):
-        col = out[:, j]
-        nan = np.isnan(col)
-        if nan.any():
-            idx = np.where(nan, 0, np.arange(col.shape[0]))
-            np.maximum.accumulate(idx, out=idx)
-            out[:, j] = col[idx]
+def _kernel_column(col: np.ndarray) -> np.ndarray:
+    """A column as Numba reads it: booleans as their bytes, float16 (which it cannot read) as float32."""
+    if col.dtype == np.bool_:
+        return col.view(np.uint8)
+    return col.astype(np.float32) if col.dtype == np.float16 else col
+
+
+@jit()
+def fill_column(out, j, col, source):
+    """``out[:, j] = col`` (``source`` None) or ``col[source]``, cast to ``out``'s dtype.
+
+    Reference: ``tests/reference_frames.py::reference_fill_column``.
+    """
+    if source is None:
+        for r in range(out.shape[0]):
+            out[r, j] = col[r]
+    else:
+        for r in range(out.shape[0]):
+            out[r, j] = col[source[r]]
+
+
+@jit()
+def ffill_rows(out):
+    """Carry each column's last value down over NaN, in place (check_nulls made sure no series starts with one).
+
+    Reference: ``tests/reference_frames.py::reference_ffill_rows``.
+    """
+    for r in range(1, out.shape[0]):
+        for j in range(out.shape[1]):
+            if np.isnan(out[r, j]):
+                out[r, j] = out[r - 1, j]
 
 
 def _common_dtype(cols: list[np.ndarray], needs_nan: bool) -> np.dtype:
@@ -644,6 +663,87 @@ def _common_dtype(cols: list[np.ndarray], needs_nan: bool) -> np.dtype:
     if dtype == np.float16:
         dtype = np.dtype(np.float32)  # Numba reads no float16
     return dtype
+
+
+@jit()
+def rows_in_order(codes, ticks):
+    """Whether the rows are sorted by series, then strictly by time (no duplicate).
+
+    Reference: ``tests/reference_frames.py::reference_rows_in_order``.
+    """
+    for r in range(codes.shape[0] - 1):
+        if codes[r + 1] < codes[r] or (codes[r + 1] == codes[r] and ticks[r + 1] <= ticks[r]):
+            return False
+    return True
+
+
+@jit()
+def _at(order, r):
+    """The source row at position ``r`` of the (series, time) order (``order`` None: the rows are in it)."""
+    return r if order is None else order[r]
+
+
+@jit()
+def scan_series(codes, ticks, order, counts, smallest):
+    """One pass over the rows in (series, time) order: rows per series and each series' smallest time step.
+
+    Adds to ``counts[s]`` and lowers ``smallest[s]`` (left as it is for a
+    series of one row); returns the first position whose next row has the
+    same series and time (a duplicate), or -1.
+    Reference: ``tests/reference_frames.py::reference_scan_series``.
+    """
+    n = codes.shape[0]
+    duplicate = -1
+    for r in range(n):
+        c = codes[_at(order, r)]
+        counts[c] += 1
+        if r + 1 < n and codes[_at(order, r + 1)] == c:
+            diff = ticks[_at(order, r + 1)] - ticks[_at(order, r)]
+            if diff == 0 and duplicate < 0:
+                duplicate = r
+            if diff < smallest[c]:
+                smallest[c] = diff
+    return duplicate
+
+
+@jit()
+def scan_steps(codes, ticks, order, step, given):
+    """The first position (-1: none) whose step to the next row of its series is, in order: smaller than a
+    ``given`` step; not a whole number of steps; more than one step (a gap).
+
+    Reference: ``tests/reference_frames.py::reference_scan_steps``.
+    """
+    found = np.full(3, -1, np.int64)
+    for r in range(codes.shape[0] - 1):
+        c = codes[_at(order, r)]
+        if codes[_at(order, r + 1)] != c:
+            continue
+        diff = ticks[_at(order, r + 1)] - ticks[_at(order, r)]
+        if given and diff < step[c] and found[0] < 0:
+            found[0] = r
+        if diff % step[c] != 0 and found[1] < 0:
+            found[1] = r
+        if diff != step[c] and found[2] < 0:
+            found[2] = r
+    return found
+
+
+@jit()
+def first_nan(col):
+    """The first index of a NaN in ``col``, or -1."""
+    for r in range(col.shape[0]):
+        if np.isnan(col[r]):
+            return r
+    return -1
+
+
+@jit()
+def first_varying(col, per_series, codes):
+    """The first row whose value differs from its series' (``per_series[codes[r]]``), or -1."""
+    for r in range(col.shape[0]):
+        if col[r] != per_series[codes[r]]:
+            return r
+    return -1
 
 
 def _sort_order(codes: np.ndarray, ticks: np.ndarray) -> np.ndarray:

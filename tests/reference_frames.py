@@ -1,6 +1,9 @@
 """Plain meanings of the panel machinery, written the slow, obvious way, and random frames for hypothesis.
 
 - :func:`reference_gather_panel`: the gather kernel, one window at a time with numpy slicing.
+- :func:`reference_rows_in_order`, :func:`reference_scan_series`, :func:`reference_scan_steps`,
+  :func:`reference_fill_column`, :func:`reference_ffill_rows`: the build's kernels (fastbatch/frames.py),
+  with whole-array numpy operations.
 - :func:`reference_windows`: every window of a long-format pandas frame, built with
   ``groupby`` and slicing, with no knowledge of fastbatch's layout.
 - :func:`reference_split_starts` and :func:`reference_stats`: the split and the scaling statistics.
@@ -43,6 +46,57 @@ def reference_gather_panel(values, future, static, first_rows, offsets, ids, str
     result = {k: np.stack(v) if v else np.empty(shapes[k], dtype) for k, v in out.items() if k != "series"}
     result["series"] = np.array(out["series"], dtype=np.int64)
     return result
+
+
+# -- the build's kernels ------------------------------------------------------------------
+
+
+def _in_series_order(codes, ticks, order):
+    """Codes and ticks in (series, time) order, and where consecutive rows belong to one series."""
+    codes, ticks = np.asarray(codes), np.asarray(ticks)
+    if order is not None:
+        codes, ticks = codes[order], ticks[order]
+    return codes, ticks, codes[1:] == codes[:-1]
+
+
+def _first(mask) -> int:
+    hits = np.flatnonzero(mask)
+    return int(hits[0]) if hits.size else -1
+
+
+def reference_rows_in_order(codes, ticks) -> bool:
+    codes, ticks = np.asarray(codes), np.asarray(ticks)
+    return bool(np.all((codes[1:] > codes[:-1]) | ((codes[1:] == codes[:-1]) & (ticks[1:] > ticks[:-1]))))
+
+
+def reference_scan_series(codes, ticks, order, n_series):
+    """``(counts, smallest step or None per series, first duplicate position or -1)``."""
+    codes, ticks, same = _in_series_order(codes, ticks, order)
+    diff = ticks[1:] - ticks[:-1]
+    counts = np.bincount(codes, minlength=n_series)
+    smallest = [None] * n_series
+    for r in np.flatnonzero(same):
+        c = codes[r]
+        smallest[c] = diff[r] if smallest[c] is None else min(smallest[c], diff[r])
+    return counts, smallest, _first(same & (diff == 0))
+
+
+def reference_scan_steps(codes, ticks, order, step, given):
+    """First positions of: a step below ``step`` (only when ``given``), a non-multiple, a gap."""
+    codes, ticks, same = _in_series_order(codes, ticks, order)
+    diff = ticks[1:] - ticks[:-1]
+    step_row = np.asarray(step)[codes[:-1]]
+    return [_first(same & (diff < step_row)) if given else -1, _first(same & (diff % step_row != 0)),
+            _first(same & (diff != step_row))]
+
+
+def reference_fill_column(out, j, col, source):
+    out[:, j] = col if source is None else np.asarray(col)[source]
+
+
+def reference_ffill_rows(out):
+    """Each column's NaN take the last value above them (pandas' ffill)."""
+    out[:] = pd.DataFrame(out).ffill().to_numpy(dtype=out.dtype)
 
 
 # -- frames --------------------------------------------------------------------------

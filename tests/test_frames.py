@@ -227,6 +227,31 @@ def test_arrow_single_column_is_read_in_place():
     assert np.shares_memory(panel.values, source)
 
 
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_panels_are_row_major_whatever_the_table_layout(shuffled):
+    """Columns of a frame made from a 2-D array are strided views; the panel's blocks are row-major copies
+    (a single contiguous column stays a view), so the gather copies each window as runs."""
+    from fastbatch.panel import runs
+
+    rng = np.random.default_rng(3)
+    n = 60
+    block = np.column_stack([np.repeat([1, 2, 3], n // 3), np.tile(np.arange(n // 3), 3)] +
+                            [rng.integers(-9, 9, n) for _ in range(4)]).astype(np.int64)
+    df = pd.DataFrame(block, columns=["id", "t", "y", "p", "f", "g"], copy=False)
+    df = df.sample(frac=1, random_state=0) if shuffled else df
+    assert not df["y"].to_numpy().flags.c_contiguous  # a column of the frame's one 2-D block
+    options = dict(id="id", time="t", target="y", past="p", future=["f", "g"], window=4, horizon=2)
+    panel = from_frame(df, **options)
+    assert panel.values.flags.c_contiguous and panel.future.flags.c_contiguous and runs(panel)
+    one = from_frame(df, id="id", time="t", target="y", window=4, horizon=2)
+    assert one.values.flags.c_contiguous and one.values.shape[1] == 1
+    _, want = reference_windows(df, **options)
+    assert_windows_equal(gather(panel, windows(panel), np.arange(len(want))), want)
+    contiguous = pd.DataFrame({c: df[c].to_numpy().copy() for c in df.columns})
+    single = from_frame(contiguous.sort_values(["id", "t"]), id="id", time="t", target="y", window=4, horizon=2)
+    assert np.shares_memory(single.values, contiguous["y"].to_numpy()) == (not shuffled)
+
+
 def test_categorical_static_gives_codes_and_step_option():
     df = frame(s=pd.Categorical(np.repeat(["north", "south"], 6)))
     panel = from_frame(df, **OPTIONS)
@@ -283,6 +308,7 @@ def test_parquet_cache_equals_the_frame_and_is_reused(tmp_path, monkeypatch):
     assert_same_panel(in_memory, want)
     cached = frames.from_parquet(tmp_path / "data.parquet", cache=True, batch_rows=256, **FILE_OPTIONS)
     assert isinstance(cached.values, np.memmap) and not cached.values.flags.writeable
+    assert cached.values.flags.c_contiguous and cached.future.flags.c_contiguous  # the gather's runs
     assert_same_panel(cached, want)
     # Worker processes get the folder's name, not a copy of the data.
     import pickle
