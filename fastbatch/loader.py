@@ -453,12 +453,19 @@ def _produce(plan: Plan, epoch: int, start: int, store: _StagingStore, threads: 
 
         ahead = store.take_ahead(plan.key(), epoch, start)
         if ahead is None:
-            chunks: Iterator[Chunk] = make(plan.epoch_order(epoch), start)
+            rest = make(plan.epoch_order(epoch), start)
+            chunks: Iterator[Chunk] = rest
         else:
-            order, first = ahead
-            chunks = itertools.chain([first], make(order, first.start + first.n))
+            # Only the generator refers to the order, and only the chain to
+            # the first chunk: each goes as soon as it is used up.
+            rest = make(ahead[0], ahead[1].start + ahead[1].n)
+            chunks = itertools.chain([ahead[1]], rest)
+            del ahead
         for chunk in chunks:
             if lookahead and chunk.start + chunk.n >= plan.n_samples:
+                # The last chunk is made, so this epoch's order (4 bytes a
+                # window when stored) goes before the next one is made.
+                rest.close()
                 _prepare_next(plan, epoch + 1, make, store)
             yield chunk
     finally:

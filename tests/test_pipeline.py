@@ -132,3 +132,34 @@ def test_the_next_epoch_is_prepared_ahead_and_used_only_when_it_is_the_one_asked
     state = loader.state_dict()
     loader.load_state_dict({**state, "epoch": 6, "position": 3, "windows": 150})  # mid-epoch: never taken
     assert_same_batches(as_numpy(loader), reference(6)[3:], "epoch 6 resumed at batch 3")
+
+
+@pytest.mark.parametrize("path", ["cpu", "pinned", "resident"])
+def test_an_epochs_order_is_gone_before_the_next_one_is_made_ahead(path, monkeypatch):
+    """A stored shuffle takes 4 bytes a window: the producer drops the epoch's order once its last chunk is made,
+    so the order it makes ahead for the next epoch never sits beside it (nor the first chunk made ahead)."""
+    import gc
+    import weakref
+
+    from fastbatch.pipeline import Plan
+
+    alive: weakref.WeakSet = weakref.WeakSet()
+    held_at_each_make = []
+    real = Plan.epoch_order
+
+    def epoch_order(self, epoch):
+        gc.collect()
+        held_at_each_make.append(len(alive))
+        order = real(self, epoch)
+        alive.add(order)
+        return order
+
+    monkeypatch.setattr(Plan, "epoch_order", epoch_order)
+    w = fb.SlidingWindows(np.arange(3000.0), window=6, horizon=2)
+    loader = fb.WindowLoader(w, batch_size=50, shuffle=True, seed=4, prefetch=2)
+    loader._path = path
+    for _ in range(3):
+        for _batch in loader:
+            pass
+    # Epoch 0 made at the first iter(); epochs 1, 2 and 3 made ahead by the producer of the epoch before.
+    assert held_at_each_make == [0, 0, 0, 0]
