@@ -1,8 +1,9 @@
 """Windows from a table: fastbatch against pytorch-forecasting's ``TimeSeriesDataSet`` + ``to_dataloader``.
 
     pip install -e '.[frames,bench-peers]'     # pytorch-forecasting: an optional extra, not a dependency
-    python -m bench.frames_speed               # issue 11's frame: 1,000 series x 5,000 steps (several minutes)
+    python -m bench.frames_speed               # issue 11's frame: 1,000 series x 5,000 steps (about a minute)
     python -m bench.frames_speed --series 50 --steps 1000 --ptf-batches 5    # a small run to try it
+    python -m bench.frames_speed --only fastbatch    # fastbatch's side alone (no pytorch-forecasting needed)
 
 The frame: long format, one row per (series, step), an integer time index,
 float32 columns: the target ``y``, 2 observed covariates (``obs1``, ``obs2``:
@@ -19,7 +20,10 @@ counts for the other), which makes the frame first and then measures:
   batches, as its rate is steady and an epoch would take hours);
 - peak memory: the growth of the peak resident set (``VmHWM``, reset through
   ``/proc/self/clear_refs`` once the frame is made) over the resident set then,
-  i.e. what the dataset and the loader add to a process holding the frame.
+  i.e. what the dataset and the loader add to a process holding the frame;
+- fastbatch's gather kernel alone, after the rest: ``KERNEL_WINDOWS`` random
+  windows into preallocated outputs (``fastbatch.panel.gather``), the median of
+  ``KERNEL_ROUNDS`` calls.
 
 Both sides deliver the same values: no normalisation on either side (ptf:
 ``target_normalizer=None`` is its identity normaliser, ``scalers`` set to
@@ -50,6 +54,8 @@ UNKNOWN = ["y", "obs1", "obs2"]  # target first, then the observed covariates
 KNOWN = ["known1", "known2", "known3"]
 STATIC = ["static1"]
 GOALS = {"windows/s": 300.0, "build": 1 / 10, "peak memory": 1 / 5}
+KERNEL_WINDOWS = 8192
+KERNEL_ROUNDS = 31
 
 
 def make_frame(n_series: int, n_steps: int, seed: int = 0):
@@ -176,11 +182,27 @@ def run_side(side: str, args: argparse.Namespace) -> dict:
     result = {"side": side, "windows": n_windows, "build_s": build, "windows_per_s": count / seconds,
               "timed_windows": count, "timed_s": seconds, "peak_growth_mib": peak / 1024,
               "frame_rss_mib": base / 1024}
+    if side == "fastbatch":
+        result["kernel_windows_per_s"] = kernel_rate(w)
     if side == "ptf" and args.check:
         w = fastbatch_windows(frame, args.window, args.horizon)
         ids = np.sort(np.random.default_rng(1).choice(len(ds), size=min(args.check, len(ds)), replace=False))
         result["checked_windows"] = compare(ds, w, ids)
     return result
+
+
+def kernel_rate(w) -> float:
+    """Windows/s of the panel gather alone (Numba's threads: every core): random windows into preallocated outputs."""
+    from fastbatch import panel
+
+    ids = np.random.default_rng(2).integers(0, len(w), KERNEL_WINDOWS).astype(np.int32)
+    out = panel.empty_arrays(w.panel, KERNEL_WINDOWS)
+    seconds = []
+    for _ in range(KERNEL_ROUNDS + 1):
+        t0 = time.perf_counter()
+        panel.gather(w.panel, w.index, ids, out=out, check=False)
+        seconds.append(time.perf_counter() - t0)
+    return KERNEL_WINDOWS / float(np.median(seconds[1:]))
 
 
 # -- the parent ----------------------------------------------------------------------
@@ -230,20 +252,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--ptf-batches", type=int, default=20, help="ptf batches timed after the first")
     parser.add_argument("--check", type=int, default=2048, help="windows compared field by field (0: none)")
+    parser.add_argument("--only", choices=["fastbatch"],
+                        help="run fastbatch's side alone and print its figures (no ratios, no pytorch-forecasting)")
     parser.add_argument("--side", choices=["fastbatch", "ptf"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.side:
         print(json.dumps(run_side(args.side, args)))
         return 0
-    argv = sys.argv[1:] if argv is None else argv
+    # The children get the frame's and the timing's options, nothing else.
+    argv = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in
+            ("series", "steps", "window", "horizon", "batch_size", "ptf_batches", "check")]
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the start (other work shares it)")
     print(f"frame: {args.series:,} series x {args.steps:,} steps ({args.series * args.steps:,} rows), "
           f"2 observed, 3 known, 1 static covariate; T={args.window}, H={args.horizon}, B={args.batch_size}, "
           "shuffled; each side in its own child process, one after the other")
     fast = _child("fastbatch", argv)
-    ptf = _child("ptf", argv)
     print(f"fastbatch: {fast['windows']:,} windows; {fast['timed_windows']:,} timed in {fast['timed_s']:.1f} s "
-          f"(one epoch)")
+          f"(one epoch): {fast['windows_per_s']:,.0f} windows/s; build {fast['build_s']:.2f} s; peak memory growth "
+          f"{fast['peak_growth_mib']:,.0f} MiB; the gather kernel alone {fast['kernel_windows_per_s']:,.0f} windows/s "
+          f"({KERNEL_WINDOWS:,} random windows)")
+    if args.only:
+        print(f"load average {os.getloadavg()[0]:.1f} at the end")
+        return 0
+    ptf = _child("ptf", argv)
     print(f"pytorch-forecasting: {ptf['windows']:,} windows; {ptf['timed_windows']:,} timed in "
           f"{ptf['timed_s']:.1f} s ({args.ptf_batches} batches, num_workers=0)")
     print(f"resident set with the frame made, before the build: fastbatch {fast['frame_rss_mib']:,.0f} MiB, "
