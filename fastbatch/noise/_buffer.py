@@ -35,8 +35,8 @@ class GradientBuffer:
         devices = {p.device for p in params}
         self._flat: torch.Tensor | None = None
         if len(dtypes) == 1 and len(devices) == 1:
-            self._flat = torch.zeros(sum(p.numel() for p in params), dtype=dtypes.pop(), device=devices.pop())
             sizes = [p.numel() for p in params]
+            self._flat = torch.zeros(sum(sizes), dtype=dtypes.pop(), device=devices.pop())
             self.views = [view.view(p.shape) for p, view in zip(params, self._flat.split(sizes))]
             whole = [self._flat]
         else:
