@@ -195,7 +195,7 @@ class Task:
         """As :meth:`run`, with the batch size grown by ``fb.AdaptiveBatchSize`` from ``start_batch_size``.
 
         Same model, optimizer (AdamW), seed and evaluation as :meth:`run`;
-        ``fb.GradientNoiseScale(model)`` is updated after each backward (the
+        ``fb.GradientNoiseScale(model, every=1)`` is updated after each backward (the
         differenced estimator: no micro-batches), ``AdaptiveBatchSize.step()``
         after each optimizer step; their time counts as training time.  The
         validation loss is evaluated every ``eval_samples // B`` steps of the
@@ -210,7 +210,7 @@ class Task:
         model = build_model("mlp", WINDOW, HORIZON, 1, 1)
         optimizer = TrainStep(model, lr=lr).optimizer  # AdamW, the fixed runs' settings
         loader = fb.WindowLoader(self.train, batch_size=start_batch_size, shuffle=True, seed=seed, drop_last=True)
-        gns = fb.GradientNoiseScale(model)
+        gns = fb.GradientNoiseScale(model, every=1)  # every step: the seeds alone fix the run
         adapt = fb.AdaptiveBatchSize(loader, gns, optimizer, max_batch_size=max_batch_size, every=every,
                                      scale_lr=scale_lr)
         mse = torch.nn.functional.mse_loss

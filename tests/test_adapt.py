@@ -23,7 +23,7 @@ def _train(windows, *, epochs: int, **adapt_kwargs):
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = fb.WindowLoader(windows, batch_size=16, shuffle=True, seed=1)
-    gns = fb.GradientNoiseScale(model, beta=0.9)
+    gns = fb.GradientNoiseScale(model, beta=0.9, every=1)
     adapt = fb.AdaptiveBatchSize(loader, gns, optimizer, **adapt_kwargs)
     seen, gains = [], []
     for _ in range(epochs):
@@ -75,7 +75,7 @@ def test_state_round_trip_and_bad_arguments():
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = fb.WindowLoader(windows, batch_size=32)
-    gns = fb.GradientNoiseScale(model)
+    gns = fb.GradientNoiseScale(model, every=1)
     adapt = fb.AdaptiveBatchSize(loader, gns, optimizer, max_batch_size=256)
     adapt.steps, adapt.history = 120, [(100, 64)]
     other = fb.AdaptiveBatchSize(loader, gns, optimizer, max_batch_size=256)

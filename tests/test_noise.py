@@ -22,6 +22,7 @@ formula, so the model here has none.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -299,7 +300,7 @@ def ema(values, beta):
 
 def test_with_micro_batches_the_online_averages_are_bias_corrected_emas_of_each_batchs_estimate():
     model, batches, *_ = regression(6, 1.0, 1.0, n_batches=5, batch_size=64)
-    gns = fb.GradientNoiseScale(model, beta=0.9)
+    gns = fb.GradientNoiseScale(model, beta=0.9, every=1)
     assert (gns.b_simple, gns.grad_sq, gns.trace_cov, gns.updates) == (None, None, None, 0)
     train_steps(model, gns, batches, parts=4)
     each = [fb.measure_noise_scale(model, half_squared, [batch]) for batch in batches]
@@ -311,7 +312,7 @@ def test_with_micro_batches_the_online_averages_are_bias_corrected_emas_of_each_
 
 def test_without_micro_batches_consecutive_steps_are_differenced_and_flagged_biased():
     model, batches, *_ = regression(3, 1.0, 1.0, n_batches=2, batch_size=16)
-    gns = fb.GradientNoiseScale(model, beta=0.5)
+    gns = fb.GradientNoiseScale(model, beta=0.5, every=1)
     train_steps(model, gns, batches[:1])
     assert gns.updates == 0 and gns.b_simple is None  # one gradient: nothing to difference yet
     train_steps(model, gns, batches[1:])
@@ -325,7 +326,7 @@ def test_without_micro_batches_consecutive_steps_are_differenced_and_flagged_bia
 
 def test_accumulating_one_micro_batch_per_step_is_the_differenced_estimator():
     model, batches, *_ = regression(5, 1.0, 1.0, n_batches=6, batch_size=32)
-    plain, one_part = fb.GradientNoiseScale(model), fb.GradientNoiseScale(model)
+    plain, one_part = fb.GradientNoiseScale(model, every=1), fb.GradientNoiseScale(model, every=1)
     train_steps(model, plain, batches)
     train_steps(model, one_part, batches, accumulate=True)
     assert one_part.biased and one_part.updates == plain.updates == 5
@@ -336,7 +337,7 @@ def test_accumulating_one_micro_batch_per_step_is_the_differenced_estimator():
 @pytest.mark.parametrize("parts", [1, 4])
 def test_the_online_form_matches_the_closed_form_at_fixed_parameters(parts):
     model, batches, b_simple, *_ = regression(8, 2.0, 1.0)
-    gns = fb.GradientNoiseScale(model, beta=0.999)  # close to a plain mean over the 200 steps
+    gns = fb.GradientNoiseScale(model, beta=0.999, every=1)  # close to a plain mean over the 200 steps
     train_steps(model, gns, batches, parts=parts)
     assert gns.biased is (parts == 1)
     assert gns.b_simple == pytest.approx(b_simple, rel=0.15)
@@ -345,7 +346,7 @@ def test_the_online_form_matches_the_closed_form_at_fixed_parameters(parts):
 def test_the_online_form_leaves_the_gradients_as_the_optimizer_needs_them():
     model, batches, *_ = regression(4, 1.0, 1.0, n_batches=3, batch_size=16)
     for parts in (1, 4):
-        gns = fb.GradientNoiseScale(model)
+        gns = fb.GradientNoiseScale(model, every=1)
         for x, y in batches:
             for i in range(parts):
                 (half_squared(model(x[i::parts]), y[i::parts]) / parts).backward()
@@ -359,7 +360,7 @@ def test_the_online_form_leaves_the_gradients_as_the_optimizer_needs_them():
 
 def test_a_loss_scale_measured_before_unscaling_gives_the_unscaled_figures():
     model, batches, *_ = regression(4, 1.0, 1.0, n_batches=4, batch_size=32)
-    plain, scaled = fb.GradientNoiseScale(model), fb.GradientNoiseScale(model)
+    plain, scaled = fb.GradientNoiseScale(model, every=1), fb.GradientNoiseScale(model, every=1)
     train_steps(model, plain, batches, parts=2)
     train_steps(model, scaled, batches, parts=2, loss_scale=1024.0)
     assert scaled.grad_sq == pytest.approx(plain.grad_sq, rel=1e-5)
@@ -368,7 +369,7 @@ def test_a_loss_scale_measured_before_unscaling_gives_the_unscaled_figures():
 
 def test_a_non_finite_step_is_skipped_and_counted():
     model, batches, *_ = regression(4, 1.0, 1.0, n_batches=4, batch_size=32)
-    gns = fb.GradientNoiseScale(model)
+    gns = fb.GradientNoiseScale(model, every=1)
     train_steps(model, gns, batches[:2], parts=2)
     before = (gns.grad_sq, gns.trace_cov)
     x, y = batches[2]
@@ -389,20 +390,117 @@ def test_every_third_step_updates_from_that_step_alone(parts):
     # Each update is that of steps 2-3, 5-6 and 8-9 alone (differenced) or of 3, 6 and 9 (micro-batches).
     each = []
     for end in (3, 6, 9):
-        alone = fb.GradientNoiseScale(model)
+        alone = fb.GradientNoiseScale(model, every=1)
         train_steps(model, alone, batches[end - 2:end] if parts == 1 else batches[end - 1:end], parts=parts)
         each.append((alone.grad_sq, alone.trace_cov))
     assert gns.grad_sq == pytest.approx(ema([e[0] for e in each], 0.5), rel=1e-6)
     assert gns.trace_cov == pytest.approx(ema([e[1] for e in each], 0.5), rel=1e-6)
 
 
+def test_changing_every_mid_run_still_pairs_consecutive_steps():
+    # every=2 measures its update step against the step before and leaves the buffer stale (the next
+    # copy step refills it); at every=1 the next step must not be measured against that stale buffer.
+    model, batches, *_ = regression(4, 1.0, 1.0, n_batches=7, batch_size=32)
+    gns = fb.GradientNoiseScale(model, beta=0.5, every=2)
+    train_steps(model, gns, batches[:4])  # updates from steps 1-2 and 3-4
+    gns.every = 1
+    train_steps(model, gns, batches[4:])  # step 5 refills the buffer; updates from 5-6 and 6-7
+    assert gns.updates == 4
+    each = []
+    for first in (0, 2, 4, 5):
+        alone = fb.GradientNoiseScale(model, every=1)
+        train_steps(model, alone, batches[first:first + 2])
+        each.append((alone.grad_sq, alone.trace_cov))
+    assert gns.grad_sq == pytest.approx(ema([e[0] for e in each], 0.5), rel=1e-6)
+    assert gns.trace_cov == pytest.approx(ema([e[1] for e in each], 0.5), rel=1e-6)
+
+
+class Clock:
+    """``perf_counter`` for the noise scale: the loop moves it on by hand, ``GradientNoiseScale`` by ``cost``."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def timed(monkeypatch, gns, clock, cost):
+    """Each gradient read (one per update or copy step) costs ``cost`` seconds of ``clock``."""
+    import fastbatch.noise.online as online
+
+    monkeypatch.setattr(online, "perf_counter", clock)
+    grads = gns._grads
+
+    def slow():
+        clock.now += cost
+        return grads()
+
+    monkeypatch.setattr(gns, "_grads", slow)
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_auto_every_keeps_the_noise_scale_within_its_share_of_the_step(monkeypatch, parts):
+    model, batches, *_ = regression(4, 1.0, 1.0, n_batches=4, batch_size=32)
+    gns = fb.GradientNoiseScale(model, beta=0.5, max_overhead=0.02)
+    assert gns.every == 1 and gns.auto
+    clock, rest, cost = Clock(), 0.010, 0.00065  # a 10 ms step; 0.65 ms per gradient read
+    timed(monkeypatch, gns, clock, cost)
+    chosen = []
+    for step in range(300):
+        clock.now += rest
+        train_steps(model, gns, [batches[step % 4]], parts=parts)
+        chosen.append(gns.every)
+    assert chosen[:3] == [1, 1, 1]  # the first update has no whole cycle; three cycles before choosing
+    if parts == 1:
+        # At every=1 a cycle is one update, one read: 6.5 % of a step, so every=4 (1.6 %). Then a cycle
+        # also has the copy step before its update: two reads, 13 % of one step, so every=7 (1.9 %).
+        reads, settled = 2, 7
+        assert chosen[3] == 4
+    else:
+        # Two micro-batches and the step read the gradient three times; no copy step: every=10 (1.95 %).
+        reads, settled = 3, 10
+    assert chosen[-1] == settled and set(chosen[-100:]) == {settled}
+    assert reads * cost / (settled * rest) <= 0.02 < reads * cost / ((settled - 1) * rest)  # the smallest
+    assert gns.updates == pytest.approx(300 / settled, abs=30)
+    assert gns.biased == (parts == 1)
+
+
+def test_auto_every_stays_at_one_when_the_noise_scale_is_cheap(monkeypatch):
+    model, batches, *_ = regression(4, 1.0, 1.0, n_batches=4, batch_size=32)
+    gns = fb.GradientNoiseScale(model)
+    clock = Clock()
+    timed(monkeypatch, gns, clock, 0.00009)  # 0.09 ms in a 10 ms step: inside the default 1 %
+    for step in range(50):
+        clock.now += 0.010
+        train_steps(model, gns, [batches[step % 4]])
+    assert gns.every == 1 and gns.updates == 49
+
+
+def test_auto_every_on_the_real_clock_spares_a_fast_loop():
+    # A four-weight model's step takes tens of microseconds: the noise scale's own few tens are far
+    # more than 1 % of it, so "auto" must update on a fraction of the steps only. A slow loop (2 ms of
+    # work per step) leaves it at every step.
+    model, batches, *_ = regression(4, 1.0, 1.0, n_batches=4, batch_size=8)
+    fast = fb.GradientNoiseScale(model)
+    train_steps(model, fast, batches * 50)
+    assert fast.every > 2 and fast.updates < 100
+    slow = fb.GradientNoiseScale(model, max_overhead=0.5)
+    for step in range(20):
+        end = time.perf_counter() + 0.002
+        while time.perf_counter() < end:
+            pass
+        train_steps(model, slow, [batches[step % 4]])
+    assert slow.every == 1 and slow.updates == 19
+
+
 def test_switching_estimators_restarts_the_averages():
     model, batches, *_ = regression(4, 1.0, 1.0, n_batches=6, batch_size=32)
-    gns = fb.GradientNoiseScale(model)
+    gns = fb.GradientNoiseScale(model, every=1)
     train_steps(model, gns, batches[:4])
     assert gns.biased and gns.updates == 3
     train_steps(model, gns, batches[4:], parts=2)
-    fresh = fb.GradientNoiseScale(model)
+    fresh = fb.GradientNoiseScale(model, every=1)
     train_steps(model, fresh, batches[4:], parts=2)
     assert not gns.biased and gns.updates == 2
     assert (gns.grad_sq, gns.trace_cov) == (fresh.grad_sq, fresh.trace_cov)
@@ -413,7 +511,7 @@ def test_b_simple_is_inf_while_the_averaged_gradient_is_not_positive():
     model = nn.Linear(1, 1, bias=False)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    gns = fb.GradientNoiseScale(model)
+    gns = fb.GradientNoiseScale(model, every=1)
     train_steps(model, gns, [(torch.tensor([[1.0], [1.0]]), torch.tensor([0.0, 2.0]))], parts=2)
     assert gns.grad_sq == pytest.approx(-1.0) and gns.b_simple == math.inf
 
@@ -421,13 +519,13 @@ def test_b_simple_is_inf_while_the_averaged_gradient_is_not_positive():
 @pytest.mark.parametrize("parts", [1, 3])
 def test_state_dict_resumes_the_averages(parts):
     model, batches, *_ = regression(4, 1.0, 1.0, n_batches=10, batch_size=48)
-    straight = fb.GradientNoiseScale(model, beta=0.8)
+    straight = fb.GradientNoiseScale(model, beta=0.8, every=1)
     train_steps(model, straight, batches, parts=parts)
-    first = fb.GradientNoiseScale(model, beta=0.8)
+    first = fb.GradientNoiseScale(model, beta=0.8, every=1)
     train_steps(model, first, batches[:5], parts=parts)
     state = first.state_dict()
     assert state == eval(repr(state))  # plain Python values: fine for torch.save or JSON
-    resumed = fb.GradientNoiseScale(model, beta=0.8)
+    resumed = fb.GradientNoiseScale(model, beta=0.8, every=1)
     resumed.load_state_dict(state)
     assert (resumed.grad_sq, resumed.trace_cov, resumed.updates) == (first.grad_sq, first.trace_cov, first.updates)
     if parts == 1:  # the differenced estimator refills its one-step buffer first
@@ -447,6 +545,12 @@ def test_state_dict_resumes_the_averages(parts):
         (lambda m: fb.GradientNoiseScale(m, beta=1.0), ValueError, r"beta must be a number in \[0, 1\), got beta=1.0"),
         (lambda m: fb.GradientNoiseScale(m, beta="0.9"), ValueError, "beta must be a number in .* got beta='0.9'"),
         (lambda m: fb.GradientNoiseScale(m, every=0), ValueError, "every must be an integer >= 1, got every=0"),
+        (lambda m: fb.GradientNoiseScale(m, every="fast"), ValueError,
+         "every must be an integer >= 1 or 'auto', got every='fast'"),
+        (lambda m: fb.GradientNoiseScale(m, max_overhead=0), ValueError,
+         r"max_overhead must be a number in \(0, 1\], got max_overhead=0"),
+        (lambda m: fb.GradientNoiseScale(m, max_overhead="1%"), ValueError,
+         r"max_overhead must be a number in \(0, 1\], got max_overhead='1%'"),
         (lambda m: fb.GradientNoiseScale(m).step(0), ValueError, "batch_size must be an integer >= 1, got batch_size=0"),
         (lambda m: fb.GradientNoiseScale(m).step(8.0), TypeError, "batch_size must be an integer >= 1, got 8.0"),
         (lambda m: fb.GradientNoiseScale(m).step(8, loss_scale=0), ValueError, "loss_scale must be a number > 0, got "
@@ -482,7 +586,7 @@ def test_parameters_of_two_dtypes_are_measured_as_in_float64():
     batches = [(torch.randn(32, 4), torch.randn(32, dtype=torch.float64)) for _ in range(5)]
     figures = []
     for model in (mixed, wide):
-        gns = fb.GradientNoiseScale(model)
+        gns = fb.GradientNoiseScale(model, every=1)
         train_steps(model, gns, batches)
         figures.append((gns.grad_sq, gns.trace_cov))
     assert figures[0] == pytest.approx(figures[1], rel=1e-5)
@@ -504,7 +608,7 @@ def test_the_examples_of_docs_batch_size_run(tmp_path, monkeypatch, capsys):
 
 def test_a_non_finite_gradient_skips_its_differenced_step_and_the_next():
     model, batches, *_ = regression(4, 1.0, 1.0, n_batches=6, batch_size=32)
-    gns = fb.GradientNoiseScale(model)
+    gns = fb.GradientNoiseScale(model, every=1)
     train_steps(model, gns, batches[:3])
     before = (gns.grad_sq, gns.trace_cov)
     x, y = batches[3]
@@ -524,7 +628,7 @@ def test_the_cpu_arithmetic_agrees_with_the_tensor_code_of_other_devices(parts):
     model, batches, *_ = regression(6, 1.0, 0.5, n_batches=12, batch_size=32)
     figures = []
     for on_host in (True, False):
-        gns = fb.GradientNoiseScale(model, beta=0.8)
+        gns = fb.GradientNoiseScale(model, beta=0.8, every=1)
         gns._on_host = on_host
         if parts == 1.5:
             train_steps(model, gns, batches, accumulate=True)
@@ -539,10 +643,10 @@ def test_the_cpu_arithmetic_agrees_with_the_tensor_code_of_other_devices(parts):
 
 def test_a_state_saved_on_the_cpu_resumes_through_the_tensor_code():
     model, batches, *_ = regression(4, 1.0, 1.0, n_batches=8, batch_size=32)
-    saved = fb.GradientNoiseScale(model, beta=0.7)
+    saved = fb.GradientNoiseScale(model, beta=0.7, every=1)
     train_steps(model, saved, batches[:4], parts=2)
     for on_host in (True, False):
-        resumed = fb.GradientNoiseScale(model, beta=0.7)
+        resumed = fb.GradientNoiseScale(model, beta=0.7, every=1)
         resumed._on_host = on_host
         resumed.load_state_dict(saved.state_dict())
         train_steps(model, resumed, batches[4:], parts=2)

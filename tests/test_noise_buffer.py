@@ -27,16 +27,17 @@ def pair(draw, dtype):
     return a, b
 
 
-@given(st.data(), st.sampled_from([np.float32, np.float64]))
-def test_difference_into_is_the_three_float64_dots_then_a_copy(data, dtype):
+@given(st.data(), st.sampled_from([np.float32, np.float64]), st.sampled_from([True, False, None]))
+def test_difference_into_is_the_three_float64_dots_then_a_copy(data, dtype, write):
     a, b = pair(data.draw, dtype)
     wide_a, wide_b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
     expected = (wide_a @ wide_a, wide_a @ wide_b, wide_b @ wide_b)
     scale = max(wide_a @ wide_a, wide_b @ wide_b, 1.0)
-    a_before = a.copy()
-    got = difference_into(a, b)
+    a_before, b_before = a.copy(), b.copy()
+    got = difference_into(a, b) if write is None else difference_into(a, b, write)  # None: the default
     assert np.allclose(got, expected, rtol=1e-12, atol=1e-12 * scale)
-    assert np.array_equal(b, a_before) and np.array_equal(a, a_before)  # b now holds a; a untouched
+    assert np.array_equal(a, a_before)  # a untouched; b now holds a, or (write=False) what it held
+    assert np.array_equal(b, b_before if write is False else a_before)
 
 
 @given(st.data(), st.sampled_from([np.float32, np.float64]))
@@ -95,6 +96,17 @@ def test_half_precision_gradients_are_held_in_float32():
     grads = [torch.full(p.shape, 1.5, dtype=torch.bfloat16) for p in params]
     assert buffer.difference(grads) == (15 * 2.25, 0.0, 0.0)
     assert buffer.difference(grads) == (15 * 2.25, 15 * 2.25, 15 * 2.25)
+
+
+def test_without_keep_the_buffer_is_measured_against_and_left_as_it_was():
+    params = params_of_shapes((6, 4), (4,))
+    buffer = GradientBuffer(params)
+    buffer.copy_([torch.ones(p.shape) for p in params])
+    twos = [torch.full(p.shape, 2.0) for p in params]
+    assert buffer.difference(twos, keep=False) == (28 * 4.0, 28 * 2.0, 28 * 1.0)
+    assert all(torch.equal(v, torch.ones(v.shape)) for v in buffer.views)
+    assert buffer.difference(twos) == (28 * 4.0, 28 * 2.0, 28 * 1.0)  # the default keeps: now twos
+    assert all(torch.equal(v, torch.full(v.shape, 2.0)) for v in buffer.views)
 
 
 def test_the_fused_and_the_tensor_buffers_agree():

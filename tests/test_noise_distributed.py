@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -79,7 +80,7 @@ def rank_main(rank: int, folder: str, port: int, use_ddp: bool) -> None:
         x, y = data["x"][:, rank], data["y"][:, rank]  # (steps, LOCAL, d): this rank's share of each step
         out = {}
 
-        gns = fb.GradientNoiseScale(model, beta=0.9)
+        gns = fb.GradientNoiseScale(model, beta=0.9, every=1)
         half_squared(net(x[0]), y[0]).backward()
         sync()
         gns.step(LOCAL)
@@ -87,7 +88,7 @@ def rank_main(rank: int, folder: str, port: int, use_ddp: bool) -> None:
         gns.close()
         model.zero_grad()
 
-        gns = fb.GradientNoiseScale(model, beta=0.9)
+        gns = fb.GradientNoiseScale(model, beta=0.9, every=1)
         half = LOCAL // 2
         with net.no_sync():  # gradient accumulation: the first micro-batch is not all-reduced
             (half_squared(net(x[0, :half]), y[0, :half]) / 2).backward()
@@ -100,13 +101,29 @@ def rank_main(rank: int, folder: str, port: int, use_ddp: bool) -> None:
         gns.close()
         model.zero_grad()
 
-        gns = fb.GradientNoiseScale(model, beta=0.999)
+        gns = fb.GradientNoiseScale(model, beta=0.999, every=1)
         for step in range(STEPS):
             half_squared(net(x[step]), y[step]).backward()
             sync()
             gns.step(LOCAL)
             model.zero_grad()
         out["closed_form"] = [gns.b_simple, gns.updates, gns.biased]
+        gns.close()
+
+        # every="auto": each rank times itself, and rank 1's steps take 2 ms longer; a rank choosing
+        # from its own timings alone would update on other steps than its peer, and the all-reduces of
+        # the updates would pair wrongly or hang. The mean timings reach both ranks alike.
+        gns = fb.GradientNoiseScale(model, beta=0.9)
+        chosen = []
+        for step in range(STEPS):
+            if rank == 1:
+                time.sleep(0.002)
+            half_squared(net(x[step]), y[step]).backward()
+            sync()
+            gns.step(LOCAL)
+            model.zero_grad()
+            chosen.append(gns.every)
+        out["auto"] = [chosen, gns.updates, gns.grad_sq, gns.trace_cov]
         gns.close()
 
         if use_ddp:  # measure_noise_scale measures this rank's batches through .module, no collective
@@ -127,7 +144,7 @@ def check_two_ranks(tmp_path, use_ddp: bool) -> None:
     mp.start_processes(rank_main, args=(str(tmp_path), free_port(), use_ddp), nprocs=WORLD, start_method="spawn")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     out = ranks[0]
-    for key in ("plain", "accumulated", "closed_form"):
+    for key in ("plain", "accumulated", "closed_form", "auto"):
         assert ranks[1][key] == out[key], key  # the scalar all-reduce gives every rank the same figures
 
     grad_sq, trace = two_sizes([gradient(model, x[0, r], y[0, r]) for r in range(WORLD)], LOCAL)
@@ -144,6 +161,12 @@ def check_two_ranks(tmp_path, use_ddp: bool) -> None:
     assert out["closed_form"][1:] == [STEPS, False]
     if use_ddp:
         assert out["measure"][0] == out["measure"][1]
+
+    # A tiny model: the hooks and the scalar all-reduce cost a large share of its step, so "auto"
+    # updates on a fraction of the steps; the first choice comes after four updates (one cycle late:
+    # the ranks' timings ride with the next update's all-reduce).
+    chosen, updates = out["auto"][:2]
+    assert chosen[:4] == [1, 1, 1, 1] and chosen[-1] > 1 and updates < STEPS
 
 
 def test_ranks_are_the_small_batches_and_the_all_reduced_gradient_the_large(tmp_path):

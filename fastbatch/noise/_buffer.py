@@ -68,12 +68,13 @@ class GradientBuffer:
         sums = [c.square().sum().to(device, torch.float64) for c in self.chunks]
         return sums[0] if len(sums) == 1 else torch.stack(sums).sum()
 
-    def difference(self, grads: Sequence[torch.Tensor]) -> tuple[float, float, float]:
+    def difference(self, grads: Sequence[torch.Tensor], *, keep: bool = True) -> tuple[float, float, float]:
         """``(|g|², g·h, |h|²)`` of ``grads`` (g) and what the buffer held (h); the buffer then holds ``grads``.
 
         Only when :attr:`fused`. A compiled loop per parameter reads its
         gradient and its part of the buffer once, and writes the gradient
-        over it: no second buffer, no temporary.
+        over it: no second buffer, no temporary. ``keep=False`` leaves the
+        buffer as it was (one pass that only reads).
         """
         if not self.fused:
             raise RuntimeError("difference() needs the flat CPU buffer (fused)")
@@ -86,7 +87,7 @@ class GradientBuffer:
                 grad = grad.numpy()  # any strides: the loop reads a copy of a gradient that is not contiguous
             except RuntimeError:  # a gradient that is part of a graph (create_graph=True)
                 grad = grad.detach().numpy()
-            a, b, c = difference_into(grad, held)
+            a, b, c = difference_into(grad, held, keep)
             gg += a
             gh += b
             hh += c
@@ -104,8 +105,8 @@ def squares(a):
 
 
 @jit(fastmath=REASSOCIATE)
-def difference_into(a, b):
-    """``(a·a, a·b, b·b)`` of two arrays of one shape, accumulated in float64; then ``b[:] = a``.
+def difference_into(a, b, write=True):
+    """``(a·a, a·b, b·b)`` of two arrays of one shape, accumulated in float64; then ``b[:] = a`` if ``write``.
 
     One pass. Any number of dimensions; ``b`` C-contiguous, ``a`` of any
     strides (read through a copy unless C-contiguous).
@@ -121,7 +122,8 @@ def difference_into(a, b):
         aa += x * x
         ab += x * y
         bb += y * y
-        b[i] = a[i]
+        if write:
+            b[i] = a[i]
     return aa, ab, bb
 
 

@@ -20,6 +20,9 @@ reading a figure does.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
+from time import perf_counter
 from typing import Any
 
 import torch
@@ -35,6 +38,13 @@ STATE_VERSION = 1
 # The differenced estimator measures [|g_t + g_{t-1}|², |g_t - g_{t-1}|²]; as two parts of a batch
 # of 2B, the mean of their squares is (sum + difference) / 4 and the square of their mean sum / 4.
 DIFFERENCED = ((0.25, 0.25), (0.25, 0.0))
+
+# every="auto": the update cycles whose timings choose ``every`` (the median of the last few, so
+# that one slow step - a garbage collection, the first call's allocation - does not move it), the
+# cycles timed before the first choice, and the largest ``every`` it picks.
+TIMED_CYCLES = 9
+FIRST_CHOICE = 3
+MAX_EVERY = 1000
 
 
 class GradientNoiseScale:
@@ -71,11 +81,22 @@ class GradientNoiseScale:
         Decay of the exponential moving averages of ``|G|²`` and ``tr(Σ)``,
         per update: they weigh about the last ``1 / (1 - beta)`` steps, and
         are bias-corrected (divided by ``1 - beta**updates``) as in Adam.
-    every : int, default 1
+    every : int or "auto", default "auto"
         Update on one step in ``every``: the others cost a counter (and, for
         the differenced estimator, the step just before an update one copy of
-        the gradient). The averages then span ``every / (1 - beta)`` steps.
-        For when the overhead matters more than the averages' noise.
+        the gradient). The averages then span about ``every / (1 - beta)``
+        steps. ``"auto"`` starts at 1 and, at each update, sets ``every`` to
+        the smallest that keeps the time spent in this object within
+        ``max_overhead`` of the time the loop spends elsewhere, both measured
+        on the host with ``time.perf_counter`` (medians of the last 9 update
+        cycles; under DDP their mean over the ranks, so that all ranks choose
+        alike). The updates then fall on steps that depend on the machine's
+        timings: give an integer for a run whose averages must repeat exactly.
+    max_overhead : float, default 0.01
+        With ``every="auto"``: the time in this object allowed, as a fraction
+        of the rest of the training step. On a CPU a step slows down by up to
+        about twice this (the gradient buffer's passes also take cache from
+        the rest of the step).
     process_group : optional
         The DDP process group (default: the global one).
 
@@ -89,9 +110,12 @@ class GradientNoiseScale:
         fast. Switching between estimators restarts the averages.
     world_size : int
         Ranks the small batches come from (1 without DDP).
+    every : int
+        The current ``every`` (chosen by the timings with ``every="auto"``).
     """
 
-    def __init__(self, model: nn.Module, *, beta: float = 0.99, every: int = 1, process_group: Any = None) -> None:
+    def __init__(self, model: nn.Module, *, beta: float = 0.99, every: int | str = "auto",
+                 max_overhead: float = 0.01, process_group: Any = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {_show(model)} of type {type(model).__name__}")
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
@@ -101,8 +125,28 @@ class GradientNoiseScale:
             raise ValueError(f"model has no parameters that require grad (model={type(model).__name__}): "
                              "there is no gradient to measure")
         self.beta = float(beta)
-        self.every = check_int("every", every, minimum=1)
+        self.auto = isinstance(every, str)
+        if self.auto and every != "auto":
+            raise ValueError(f"every must be an integer >= 1 or 'auto', got every={_show(every)}")
+        self.every = 1 if self.auto else check_int("every", every, minimum=1)
+        if (isinstance(max_overhead, bool) or not isinstance(max_overhead, (int, float))
+                or not 0.0 < max_overhead <= 1.0):
+            raise ValueError(f"max_overhead must be a number in (0, 1], got max_overhead={_show(max_overhead)}")
+        self.max_overhead = float(max_overhead)
         self._steps = 0  # step() calls
+        self._countdown = self.every - 1  # step() calls before the next update
+        # every="auto": seconds spent here since the last update; when that update ended, and the
+        # step() calls since; the last cycles' own seconds and seconds per step elsewhere.
+        self._own = 0.0
+        self._cycle_start: float | None = None
+        self._cycle_steps = 0
+        self._costs: deque[float] = deque(maxlen=TIMED_CYCLES)
+        self._rests: deque[float] = deque(maxlen=TIMED_CYCLES)
+        # DDP: this rank's timings of the last cycle, sent with the next update's all-reduce; the
+        # ranks' mean that came back (and, on a GPU, its copy to the host still in flight).
+        self._pending_timings = (math.nan, math.nan)
+        self._timings: list[float] | None = None
+        self._in_flight = None
         self._group = process_group
         distributed = dist.is_available() and dist.is_initialized()
         self.world_size = dist.get_world_size(process_group) if distributed else 1
@@ -129,6 +173,7 @@ class GradientNoiseScale:
         """Record the micro-batch whose backward pass just ran (gradient accumulation)."""
         if self.world_size > 1 or not self._updating():
             return  # the hooks see each backward pass; or this step is not measured
+        start = perf_counter()
         grads, buffer = self._grads(), self._gradient_buffer()
         if self._parts == 0:
             # If this turns out to be the step's only part, step() falls back to the
@@ -145,6 +190,7 @@ class GradientNoiseScale:
         self._buffer_is_step = False
         self._parts_sq = part_sq if self._parts_sq is None else self._parts_sq + part_sq
         self._parts += 1
+        self._own += perf_counter() - start
 
     def step(self, batch_size: int, *, loss_scale: float = 1.0) -> None:
         """Update the estimates from this step's gradients; call before ``optimizer.zero_grad()``.
@@ -163,8 +209,9 @@ class GradientNoiseScale:
         if loss_scale.__class__ is not float or not loss_scale > 0:
             if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float)) or not loss_scale > 0:
                 raise ValueError(f"loss_scale must be a number > 0, got loss_scale={_show(loss_scale)}")
-        phase = self._steps % self.every
-        if phase == self.every - 1:
+        self._cycle_steps += 1
+        if self._countdown == 0:
+            start = perf_counter()
             grads = self._grads()
             if self.world_size > 1:
                 self._step_ranks(grads, batch_size, loss_scale)
@@ -172,11 +219,19 @@ class GradientNoiseScale:
                 self._step_parts(grads, batch_size, loss_scale)
             else:
                 self._step_differenced(grads, batch_size)
-        elif phase == self.every - 2 and self.world_size == 1:  # the differenced estimator's previous step
+            if self.auto:
+                self._choose_every(start)
+            self._countdown = self.every - 1
+        elif self._countdown == 1 and self.world_size == 1 and (self.biased or not self._updates):
+            # The differenced estimator's previous step (not after updates from micro-batches, which need none).
+            start = perf_counter()
             self._gradient_buffer().copy_(self._grads())
             self._buffer_is_step = True
+            self._countdown = 0
+            self._own += perf_counter() - start
         else:
             self._buffer_is_step = False
+            self._countdown -= 1
         self._steps += 1
         self._parts, self._parts_sq = 0, None
         if self.world_size > 1:
@@ -245,12 +300,59 @@ class GradientNoiseScale:
         self._finite = self._updates - int(state["skipped"])
         self.biased = bool(state["biased"])
         self._buffer_is_step = False
+        self._countdown = self.every - 1 - self._steps % self.every  # as if run straight with this every
+        self._cycle_start, self._own = None, 0.0  # auto: time afresh
+        self._pending_timings, self._timings, self._in_flight = (math.nan, math.nan), None, None
 
     # -- internals ----------------------------------------------------------------------------------
 
     def _updating(self) -> bool:
         """Whether the coming step() updates the averages."""
-        return self._steps % self.every == self.every - 1
+        return self._countdown == 0
+
+    def _arrive(self, timings: torch.Tensor) -> None:
+        """DDP, every="auto": the ranks' mean timings of a cycle, for :meth:`_choose_every`.
+
+        On a GPU they are copied to the host without waiting, and read at the
+        next update (when the copy is long done): every rank reads the same
+        values at the same update, so the ranks keep choosing the same ``every``.
+        """
+        if timings.device.type != "cuda":
+            self._timings = timings.tolist()
+            return
+        host = timings.to("cpu", non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        previous, self._in_flight = self._in_flight, (host, event)
+        if previous is not None:
+            previous[1].synchronize()
+            self._timings = previous[0].tolist()
+
+    def _choose_every(self, start: float) -> None:
+        """every="auto", at the end of an update: time this cycle and choose the next ``every``.
+
+        The cycle's cost is the time spent here since the last update (the
+        previous step's copy, micro-batches, hooks) and in this update; the
+        rest is the wall time between the two updates less that, per step.
+        """
+        end = perf_counter()
+        if self._cycle_start is None:  # the first update: no whole cycle yet
+            own = rest = math.nan
+        else:
+            own = self._own + (end - start)
+            rest = (start - self._cycle_start - self._own) / self._cycle_steps
+        self._cycle_start, self._own, self._cycle_steps = end, 0.0, 0
+        if self.world_size > 1:  # these timings go to the ranks with the next update; use theirs
+            (own, rest), self._pending_timings = self._timings or (math.nan, math.nan), (own, rest)
+            self._timings = None
+        if not (math.isfinite(own) and math.isfinite(rest)):
+            return
+        self._costs.append(own)
+        self._rests.append(rest)
+        if len(self._costs) >= FIRST_CHOICE:
+            cost, elsewhere = statistics.median(self._costs), statistics.median(self._rests)
+            every = math.ceil(cost / (self.max_overhead * elsewhere)) if elsewhere > 0 else MAX_EVERY
+            self.every = min(max(every, 1), MAX_EVERY)
 
     def _grads(self) -> list[torch.Tensor]:
         grads = [p.grad for p in self._params]
@@ -263,8 +365,12 @@ class GradientNoiseScale:
             self._buffer = GradientBuffer(self._params, fuse=self._on_host)
         return self._buffer
 
-    def _against_previous_step(self, grads, buffer: GradientBuffer) -> torch.Tensor | list[float] | None:
+    def _against_previous_step(self, grads, buffer: GradientBuffer, *,
+                               keep: bool = True) -> torch.Tensor | list[float] | None:
         """``[|g + g_prev|², |g - g_prev|²]``, or None without a previous step; leaves ``grads`` in ``buffer``.
+
+        ``keep=False``: the buffer is not needed after this (the next step does
+        not update), and on a CPU it is left as it was, saving a write.
 
         On a CPU from ``|g|²``, ``g·g_prev`` and ``|g_prev|²``, summed in float64
         in one pass (see ``GradientBuffer.difference``): ``|g - g_prev|²`` is then
@@ -276,7 +382,7 @@ class GradientNoiseScale:
             buffer.copy_(grads)
             return None
         if buffer.fused:  # floats, as _update takes them on the CPU
-            gg, gh, hh = buffer.difference(grads)
+            gg, gh, hh = buffer.difference(grads, keep=keep)
             return [gg + 2.0 * gh + hh, gg - 2.0 * gh + hh]
         buffer.sub_(grads)
         minus = buffer.squared_norm()
@@ -288,8 +394,16 @@ class GradientNoiseScale:
     def _step_ranks(self, grads, batch_size: int, loss_scale: float) -> None:
         parts = max(max(self._fired), 1)  # backward passes on this rank since the last step
         local = self._parts_sq if self._parts_sq is not None else torch.zeros((), dtype=torch.float64)
-        local = local.to(grads[0].device).clone()
+        device = grads[0].device
+        if self.auto:  # the previous cycle's timings ride along: the ranks' mean chooses every alike
+            local = torch.cat([local.reshape(1).to(device),
+                               torch.tensor(self._pending_timings, dtype=torch.float64).to(device)])
+        else:
+            local = local.to(device).clone()
         dist.all_reduce(local, group=self._group)  # Σ over ranks and parts of |part's contribution|²
+        if self.auto:
+            self._arrive(local[1:] / self.world_size)
+            local = local[0]
         pieces = self.world_size * parts
         # A part contributes its mean gradient / parts (the accumulation convention), hence parts².
         combine = ((parts**2 / pieces / loss_scale**2, 0.0), (0.0, 1.0))
@@ -309,13 +423,15 @@ class GradientNoiseScale:
         return buffer.squared_norm()
 
     def _step_differenced(self, grads, batch_size: int) -> None:
+        keep = True
         if self._parts == 1:  # accumulate() ran once: it did the work and holds this step's gradient
             measured = self._differenced
         else:
-            measured = self._against_previous_step(grads, self._gradient_buffer())
+            keep = self.every == 1  # else the step before the next update refills the buffer
+            measured = self._against_previous_step(grads, self._gradient_buffer(), keep=keep)
         if measured is not None:
             self._update(measured, DIFFERENCED, batch_size, 2, biased=True)
-        self._buffer_is_step = True
+        self._buffer_is_step = keep or not self._gradient_buffer().fused
 
     def _update(self, measured: torch.Tensor | list[float], combine, b: float, n: int, *, biased: bool) -> None:
         """Fold ``two_sizes(combine @ measured)`` into the averages, on the device (no host sync).
@@ -381,9 +497,11 @@ class GradientNoiseScale:
             # Runs before DDP's all-reduce: grad is this rank's own gradient for this backward pass.
             if not self._updating():
                 return
+            start = perf_counter()
             sq = squared_norms([grad.detach()])[0]
             self._parts_sq = sq if self._parts_sq is None else self._parts_sq + sq.to(self._parts_sq.device)
             self._fired[index] += 1
+            self._own += perf_counter() - start
 
         return hook
 
